@@ -1,0 +1,43 @@
+# AlphaFlow Live. `make demo` and `make test` are all a fresh clone needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO   := .demo
+
+.PHONY: install test lint format demo clean
+
+# Reinstall only when the project's dependencies change.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "AlphaFlow Live needs Python 3.11 or newer (PYTHON=$(PYTHON))"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Starts the stream server with a demo user whose token stays in .demo/ (git-ignored).
+demo: install
+	@mkdir -p $(DEMO) && chmod 700 $(DEMO)
+	@test -s $(DEMO)/demo.token || \
+		$(BIN)/alphaflow-live users add demo --role user --users-file $(DEMO)/users.json \
+		| tail -n 1 | awk '{print $$NF}' > $(DEMO)/demo.token
+	@echo "demo user token: ALPHAFLOW_TOKEN=$$(cat $(DEMO)/demo.token)"
+	$(BIN)/alphaflow-live serve --users-file $(DEMO)/users.json
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,308 @@
+"""The ``alphaflow-live`` command: serve, users, admin and schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws/portfolio"
+
+
+def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
+    raw = os.environ.get(f"ALPHAFLOW_{name}")
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise SystemExit(f"alphaflow-live: ALPHAFLOW_{name}={raw!r} is not valid") from None
+
+
+def _env_flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _default_users_file() -> Path:
+    from alphaflow_server.config import default_users_file
+
+    return Path(_env("USERS_FILE", default_users_file()))
+
+
+def _users_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--users-file",
+        type=Path,
+        default=None,
+        help="users and token hashes (default: $ALPHAFLOW_USERS_FILE or the user data dir)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alphaflow-live", description="AlphaFlow Live: live portfolios in Jupyter."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the stream server")
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=_env("PORT", 8765, int), help="0 picks a free port")
+    serve.add_argument(
+        "--source",
+        choices=["none", "sim"],
+        default=_env("SOURCE", "none"),
+        help="where trading events come from besides /ws/ingest",
+    )
+    _users_file_argument(serve)
+    serve.add_argument("--batch-window-ms", type=int, default=_env("BATCH_WINDOW_MS", 250, int))
+    serve.add_argument(
+        "--no-leading-edge",
+        action="store_true",
+        default=_env("NO_LEADING_EDGE", False, _env_flag),
+        help="make every batch wait a full window (no immediate send of isolated events)",
+    )
+    serve.add_argument("--max-connections", type=int, default=_env("MAX_CONNECTIONS", 100, int))
+    serve.add_argument("--max-per-user", type=int, default=_env("MAX_PER_USER", 5, int))
+    serve.add_argument("--heartbeat-s", type=float, default=_env("HEARTBEAT_S", 15.0, float))
+    serve.add_argument(
+        "--disable-streaming",
+        action="store_true",
+        default=_env("DISABLE_STREAMING", False, _env_flag),
+        help="start with streaming off (REST snapshot only)",
+    )
+    serve.add_argument(
+        "--max-backlog-bytes",
+        type=int,
+        default=_env("MAX_BACKLOG_BYTES", 4 * 1024 * 1024, int),
+        help="per-connection queued bytes before a slow client is resynchronised",
+    )
+    serve.add_argument(
+        "--slow-client-timeout-s",
+        type=float,
+        default=_env("SLOW_CLIENT_TIMEOUT_S", 30.0, float),
+        help="how long a slow client's socket may take to drain before close 1013",
+    )
+    serve.add_argument(
+        "--no-compression",
+        action="store_true",
+        default=_env("NO_COMPRESSION", False, _env_flag),
+        help="do not offer permessage-deflate",
+    )
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+
+    users = commands.add_parser("users", help="manage users and their tokens")
+    user_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    add = user_commands.add_parser("add", help="create a user and print its token (shown once)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=["user", "service", "admin"], default="user")
+    _users_file_argument(add)
+    listing = user_commands.add_parser("list", help="list users and roles")
+    _users_file_argument(listing)
+    remove = user_commands.add_parser("remove", help="delete a user (its token stops working)")
+    remove.add_argument("name")
+    _users_file_argument(remove)
+    rotate = user_commands.add_parser("rotate", help="replace a user's token and print the new one")
+    rotate.add_argument("name")
+    _users_file_argument(rotate)
+
+    admin = commands.add_parser("admin", help="operate a running server (token from ALPHAFLOW_ADMIN_TOKEN)")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    streaming = admin_commands.add_parser("streaming", help="switch streaming off or on at run time")
+    streaming.add_argument("state", choices=["off", "on"])
+    stats = admin_commands.add_parser("stats", help="print the server's connection and delivery stats")
+    for sub in (streaming, stats):
+        sub.add_argument("--url", default=None, help="server URL (default: the host of $ALPHAFLOW_URL)")
+
+    commands.add_parser("schema", help="print the JSON Schema of the wire protocol")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = {
+        "serve": _serve,
+        "users": _users,
+        "admin": _admin,
+        "schema": _schema,
+    }[args.command]
+    return handler(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from alphaflow_server.app import StreamServer
+        from alphaflow_server.auth import UsersFileError, UsersFileWatcher
+        from alphaflow_server.config import ServerConfig
+        from alphaflow_server.logs import configure_logging
+    except ImportError as exc:
+        print(
+            f"alphaflow-live serve: the server needs its extra: pip install 'alphaflow-live[server]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    if args.source == "sim":
+        print(
+            "alphaflow-live serve: --source sim needs the market simulator, "
+            "which this build does not have yet; use --source none and publish on /ws/ingest",
+            file=sys.stderr,
+        )
+        return 2
+    configure_logging(args.log_level)
+    users_file = args.users_file or _default_users_file()
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        source=args.source,
+        users_file=users_file,
+        batch_window_ms=args.batch_window_ms,
+        leading_edge=not args.no_leading_edge,
+        max_connections=args.max_connections,
+        max_per_user=args.max_per_user,
+        heartbeat_s=args.heartbeat_s,
+        disable_streaming=args.disable_streaming,
+        max_backlog_bytes=args.max_backlog_bytes,
+        slow_client_timeout_s=args.slow_client_timeout_s,
+        compression=not args.no_compression,
+    )
+    try:
+        watcher = UsersFileWatcher(users_file)
+    except UsersFileError as exc:
+        print(f"alphaflow-live serve: {exc}", file=sys.stderr)
+        return 2
+    if len(watcher.store) == 0:
+        print(
+            f"alphaflow-live serve: no users in {users_file}; create one with "
+            f"'alphaflow-live users add NAME --users-file {users_file}'",
+            file=sys.stderr,
+        )
+    server = StreamServer(config, watcher)
+    try:
+        asyncio.run(server.run_until_signalled())
+    except OSError as exc:
+        print(
+            f"alphaflow-live serve: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _users(args: argparse.Namespace) -> int:
+    from alphaflow_server.auth import UsersFileError, load_users_file, save_users_file
+
+    path: Path = args.users_file or _default_users_file()
+    try:
+        store = load_users_file(path)
+    except UsersFileError as exc:
+        print(f"alphaflow-live users: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.users_command == "list":
+            if not len(store):
+                print(f"no users in {path}")
+            for record in store.records():
+                print(f"{record.name}\t{record.role}\tcreated {record.created_at}")
+            return 0
+        if args.users_command == "add":
+            token = store.add(args.name, args.role)
+            action = f"created {args.role} '{args.name}'"
+        elif args.users_command == "rotate":
+            token = store.rotate(args.name)
+            action = f"new token for '{args.name}'"
+        else:
+            store.remove(args.name)
+            save_users_file(path, store)
+            print(f"removed '{args.name}' from {path}")
+            return 0
+    except (ValueError, KeyError) as exc:
+        print(f"alphaflow-live users: {exc.args[0]}", file=sys.stderr)
+        return 1
+    save_users_file(path, store)
+    print(f"{action} in {path}")
+    print(f"token (shown once; only its hash is stored): {token}")
+    return 0
+
+
+def admin_url(explicit: str | None) -> str:
+    """The /ws/admin URL on the host of ``--url`` or ``$ALPHAFLOW_URL``."""
+    base = explicit or os.environ.get("ALPHAFLOW_URL") or DEFAULT_URL
+    parts = urlsplit(base)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme or "ws")
+    return urlunsplit((scheme, parts.netloc, "/ws/admin", "", ""))
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from websockets.exceptions import InvalidStatus, WebSocketException
+    from websockets.sync.client import connect
+
+    from .protocol import Ack, Error, GetStats, SetStreaming, Stats, admin_reply_decoder, encode
+
+    token = os.environ.get("ALPHAFLOW_ADMIN_TOKEN")
+    if not token:
+        print(
+            "alphaflow-live admin: set ALPHAFLOW_ADMIN_TOKEN to an admin token "
+            "(alphaflow-live users add NAME --role admin)",
+            file=sys.stderr,
+        )
+        return 2
+    url = admin_url(args.url)
+    request = (
+        SetStreaming(id=1, enabled=args.state == "on")
+        if args.admin_command == "streaming"
+        else GetStats(id=1)
+    )
+    try:
+        with connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10) as ws:
+            ws.send(encode(request), text=True)
+            reply = admin_reply_decoder.decode(ws.recv(timeout=10))
+    except InvalidStatus as exc:
+        print(
+            f"alphaflow-live admin: {url} refused: HTTP {exc.response.status_code} "
+            f"{_error_text(bytes(exc.response.body or b''))}",
+            file=sys.stderr,
+        )
+        return 1
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        print(f"alphaflow-live admin: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(reply, Error):
+        print(f"alphaflow-live admin: {reply.code}: {reply.message}", file=sys.stderr)
+        return 1
+    if isinstance(reply, Stats):
+        import msgspec
+
+        print(msgspec.json.format(encode(reply), indent=2).decode())
+    elif isinstance(reply, Ack):
+        print(f"streaming {args.state}")
+    return 0
+
+
+def _error_text(body: bytes | None) -> str:
+    try:
+        parsed = json.loads(body or b"")
+        return f"{parsed.get('error')}: {parsed.get('message', '')}"
+    except (ValueError, AttributeError):
+        return (body or b"").decode(errors="replace")[:200]
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .protocol import json_schema
+
+    json.dump(json_schema(), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,488 @@
+"""The wire schema of AlphaFlow Live, protocol version 1 (shared/PROTOCOL.md).
+
+Every frame on every stream is one of the msgspec Structs below, tagged by
+``type``. The server, the kernel-side client, the tests and the JSON Schema
+export all use these definitions; nothing else spells out a message.
+
+Money and quantities are ``decimal.Decimal`` here and decimal strings on the
+wire. Timestamps stay the exact strings their source sent (ISO 8601 UTC, ``Z``,
+millisecond or finer), so the server never rewrites an event's ``ts``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+PROTOCOL_VERSION: Final = 1
+
+Channel = Literal["positions", "orders", "account", "trades"]
+CHANNELS: Final[tuple[Channel, ...]] = ("positions", "orders", "account", "trades")
+
+TIMESTAMP_PATTERN: Final = (
+    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3,9}Z$"
+)
+Timestamp = Annotated[
+    str,
+    Meta(
+        pattern=TIMESTAMP_PATTERN,
+        description="ISO 8601 UTC with a Z suffix and millisecond or finer precision",
+        examples=["2026-01-04T14:03:11.120Z"],
+    ),
+]
+Symbol = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9./_-]{0,31}$")]
+UserId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+MessageId = int | str
+
+OrderStatus = Literal[
+    "new",
+    "accepted",
+    "partially_filled",
+    "filled",
+    "canceled",
+    "expired",
+    "rejected",
+    "replaced",
+    "pending_cancel",
+]
+TERMINAL_ORDER_STATUSES: Final = frozenset({"filled", "canceled", "expired", "rejected", "replaced"})
+
+ErrorCode = Literal[
+    "invalid_json",
+    "invalid_message",
+    "unknown_type",
+    "invalid_channel",
+    "resume_unavailable",
+    "internal",
+    # Ingest only: the user id of a publish is not one the server can stream.
+    "invalid_user",
+]
+
+
+class _Data(Struct, kw_only=True):
+    # Decimal fields that must be above zero (msgspec's Meta(gt=) is for ints and floats).
+    _positive: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        # NaN and infinities parse as Decimal, but money never is either.
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, Decimal) and not value.is_finite():
+                raise ValueError(f"field '{name}' must be a finite decimal, got {value}")
+        for name in self._positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"field '{name}' must be above zero, got {getattr(self, name)}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class Position(_Data, kw_only=True):
+    """One open position; field names are Alpaca's. ``qty`` is negative when short."""
+
+    symbol: Symbol
+    qty: Decimal
+    side: Literal["long", "short"]
+    avg_entry_price: Decimal
+    current_price: Decimal
+    market_value: Decimal
+    cost_basis: Decimal
+    unrealized_pl: Decimal
+    unrealized_plpc: Decimal
+    unrealized_intraday_pl: Decimal
+    change_today: Decimal
+    asset_class: str = "us_equity"
+    updated_at: Timestamp
+
+
+class Order(_Data, kw_only=True):
+    id: Annotated[str, Meta(min_length=1, max_length=128)]
+    client_order_id: Annotated[str, Meta(max_length=128)] = ""
+    symbol: Symbol
+    side: Literal["buy", "sell"]
+    type: Literal["market", "limit", "stop", "stop_limit"]
+    time_in_force: str = "day"
+    qty: Decimal
+    filled_qty: Decimal
+    filled_avg_price: Decimal | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    status: OrderStatus
+    submitted_at: Timestamp
+    updated_at: Timestamp
+    filled_at: Timestamp | None = None
+
+
+class Account(_Data, kw_only=True):
+    equity: Decimal
+    last_equity: Decimal
+    cash: Decimal
+    buying_power: Decimal
+    portfolio_value: Decimal
+    long_market_value: Decimal
+    short_market_value: Decimal
+    realized_pl_today: Decimal
+    currency: str = "USD"
+    updated_at: Timestamp
+
+
+class Fill(_Data, kw_only=True):
+    id: Annotated[str, Meta(min_length=1, max_length=128)]
+    order_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    symbol: Symbol
+    side: Literal["buy", "sell"]
+    _positive = ("qty", "price")
+    qty: Decimal
+    price: Decimal
+    position_qty: Decimal
+    timestamp: Timestamp
+
+
+class ClosedPosition(Struct):
+    symbol: Symbol
+
+
+# ------------------------------------------------------------------------- events
+
+
+class _Event(Struct, kw_only=True, tag_field="type"):
+    # ``seq`` is assigned by the server's journal; publishers leave it out.
+    seq: int = 0
+    ts: Timestamp
+
+
+class PositionEvent(_Event, tag="position", kw_only=True):
+    channel: Literal["positions"] = "positions"
+    data: Position
+
+
+class PositionClosedEvent(_Event, tag="position_closed", kw_only=True):
+    channel: Literal["positions"] = "positions"
+    data: ClosedPosition
+
+
+class OrderEvent(_Event, tag="order", kw_only=True):
+    channel: Literal["orders"] = "orders"
+    data: Order
+
+
+class AccountEvent(_Event, tag="account", kw_only=True):
+    channel: Literal["account"] = "account"
+    data: Account
+
+
+class FillEvent(_Event, tag="fill", kw_only=True):
+    channel: Literal["trades"] = "trades"
+    data: Fill
+
+
+Event = PositionEvent | PositionClosedEvent | OrderEvent | AccountEvent | FillEvent
+
+# -------------------------------------------------- portfolio stream: server → client
+
+
+class Welcome(Struct, tag_field="type", tag="welcome", kw_only=True):
+    protocol: int = PROTOCOL_VERSION
+    user_id: str
+    connection_id: str
+    epoch: str
+    server_time: Timestamp
+    batch_window_ms: int
+    heartbeat_s: float
+    channels: list[Channel]
+
+
+class Subscribed(Struct, tag_field="type", tag="subscribed", kw_only=True):
+    channels: list[Channel]
+    recovered: bool
+
+
+class Snapshot(Struct, tag_field="type", tag="snapshot", kw_only=True, omit_defaults=True):
+    epoch: str
+    seq: int
+    server_time: Timestamp
+    # Channels that are not subscribed are left out of the object.
+    positions: list[Position] | UnsetType = UNSET
+    orders: list[Order] | UnsetType = UNSET
+    account: Account | UnsetType | None = UNSET
+    fills: list[Fill] | UnsetType = UNSET
+
+
+class Batch(Struct, tag_field="type", tag="batch", kw_only=True):
+    epoch: str
+    from_seq: int
+    to_seq: int
+    server_time: Timestamp
+    events: list[Event]
+
+
+class Heartbeat(Struct, tag_field="type", tag="heartbeat", kw_only=True):
+    server_time: Timestamp
+    # The seq this connection has been brought up to (last batch or snapshot).
+    seq: int
+
+
+class Pong(Struct, tag_field="type", tag="pong", kw_only=True):
+    id: MessageId | None = None
+    server_time: Timestamp
+
+
+class Error(Struct, tag_field="type", tag="error", kw_only=True, omit_defaults=True):
+    code: ErrorCode
+    message: str
+    ref: MessageId | UnsetType = UNSET
+
+
+# -------------------------------------------------- portfolio stream: client → server
+
+
+class ResumePoint(Struct):
+    epoch: str
+    seq: Annotated[int, Meta(ge=0)]
+
+
+class Subscribe(Struct, tag_field="type", tag="subscribe", kw_only=True):
+    id: MessageId | None = None
+    # Leaving ``channels`` out subscribes to every channel.
+    channels: list[str] | None = None
+    resume: ResumePoint | None = None
+
+
+class Unsubscribe(Struct, tag_field="type", tag="unsubscribe", kw_only=True):
+    id: MessageId | None = None
+    channels: list[str]
+
+
+class Ping(Struct, tag_field="type", tag="ping", kw_only=True):
+    id: MessageId | None = None
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping
+
+# --------------------------------------------------------------- ingest (service)
+
+
+class PriceTick(_Data, kw_only=True):
+    _positive = ("price",)
+    symbol: Symbol
+    price: Decimal
+    ts: Timestamp
+
+
+class Publish(Struct, tag_field="type", tag="publish", kw_only=True):
+    id: MessageId | None = None
+    user_id: UserId
+    events: Annotated[list[Event], Meta(min_length=1, max_length=1000)]
+
+
+class Prices(Struct, tag_field="type", tag="prices", kw_only=True):
+    id: MessageId | None = None
+    prices: Annotated[list[PriceTick], Meta(min_length=1, max_length=5000)]
+
+
+IngestMessage = Publish | Prices
+
+
+class Ack(Struct, tag_field="type", tag="ack", kw_only=True, omit_defaults=True):
+    id: MessageId | None = None
+    seqs: list[int] | UnsetType = UNSET
+
+
+# ------------------------------------------------------------------ admin stream
+
+
+class SetStreaming(Struct, tag_field="type", tag="set_streaming", kw_only=True):
+    id: MessageId | None = None
+    enabled: bool
+
+
+class GetStats(Struct, tag_field="type", tag="get_stats", kw_only=True):
+    id: MessageId | None = None
+
+
+AdminMessage = SetStreaming | GetStats
+
+
+class LatencySummary(Struct, kw_only=True):
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+
+
+class StatsReport(Struct, kw_only=True):
+    """What ``/api/admin/websocket-stats`` and the admin ``get_stats`` report."""
+
+    health: str
+    health_reasons: list[str]
+    streaming_enabled: bool
+    uptime_s: float
+    memory_rss_bytes: int
+    connections_total: int
+    connections_by_stream: dict[str, int]
+    connections_per_user: dict[str, int]
+    handshakes_refused: dict[str, int]
+    events_in: int
+    events_delivered: int
+    batches_out: int
+    snapshots_out: int
+    bytes_out: int
+    # 1 − frames ÷ events delivered: the share of events that did not need a frame of their own.
+    batch_efficiency: float | None
+    slow_consumer_resyncs: int
+    latency_ms: LatencySummary
+    disconnects_by_code: dict[str, int]
+
+
+class Stats(StatsReport, tag_field="type", tag="stats", kw_only=True):
+    id: MessageId | None = None
+
+
+ServerMessage = Welcome | Subscribed | Snapshot | Batch | Heartbeat | Pong | Error
+IngestReply = Ack | Error
+AdminReply = Ack | Stats | Error
+
+
+# ------------------------------------------------------------------ encode/decode
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+encode = _encoder.encode
+server_message_decoder = msgspec.json.Decoder(ServerMessage)
+client_message_decoder = msgspec.json.Decoder(ClientMessage)
+ingest_reply_decoder = msgspec.json.Decoder(IngestReply)
+admin_reply_decoder = msgspec.json.Decoder(AdminReply)
+snapshot_decoder = msgspec.json.Decoder(Snapshot)
+_any_decoder = msgspec.json.Decoder()
+
+
+class MessageError(ValueError):
+    """A frame the receiver cannot use; ``code`` is the protocol's error code."""
+
+    def __init__(self, code: ErrorCode, message: str, ref: MessageId | None = None) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.ref = ref
+
+    def to_error(self) -> Error:
+        return Error(code=self.code, message=self.message, ref=UNSET if self.ref is None else self.ref)
+
+
+def _type_tags(union: Any) -> frozenset[str]:
+    return frozenset(cls.__struct_config__.tag for cls in union.__args__)
+
+
+def decode_message(frame: str | bytes, union: Any, *, reject_numbers: bool = False) -> Any:
+    """Decode one inbound frame into a member of ``union`` or raise MessageError.
+
+    The frame is parsed once into plain values so that the error can tell
+    unparseable JSON, an unknown ``type`` and an invalid field apart, and so
+    that ``reject_numbers`` can refuse JSON numbers where money must be a
+    decimal string (a float has already lost precision at its source).
+    """
+    try:
+        raw = _any_decoder.decode(frame)
+    except msgspec.DecodeError as exc:
+        raise MessageError("invalid_json", f"frame is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise MessageError("invalid_message", "a frame must be one JSON object")
+    ref = raw.get("id")
+    if not isinstance(ref, int | str) or isinstance(ref, bool):
+        ref = None
+    kind = raw.get("type")
+    tags = _type_tags(union)
+    if kind not in tags:
+        expected = ", ".join(sorted(tags))
+        raise MessageError("unknown_type", f"unknown message type {kind!r}; expected one of: {expected}", ref)
+    if reject_numbers:
+        where = _find_number_in_payload(raw)
+        if where is not None:
+            raise MessageError(
+                "invalid_message",
+                f"{where} is a JSON number; money and quantities travel as decimal strings",
+                ref,
+            )
+    try:
+        return msgspec.convert(raw, union)
+    except msgspec.ValidationError as exc:
+        raise MessageError("invalid_message", str(exc), ref) from None
+
+
+def _find_number_in_payload(raw: dict[str, Any]) -> str | None:
+    """The path of the first JSON number inside event data or price ticks, if any."""
+    for key, field in (("events", "data"), ("prices", None)):
+        items = raw.get(key)
+        if not isinstance(items, list):
+            continue
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                continue
+            payload = item.get(field) if field else item
+            if not isinstance(payload, dict):
+                continue
+            for name, value in payload.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    suffix = f".{field}" if field else ""
+                    return f"`$.{key}[{index}]{suffix}.{name}`"
+    return None
+
+
+def decode_client_message(frame: str | bytes) -> Subscribe | Unsubscribe | Ping:
+    result: Subscribe | Unsubscribe | Ping = decode_message(frame, ClientMessage)
+    return result
+
+
+def decode_ingest_message(frame: str | bytes) -> Publish | Prices:
+    result: Publish | Prices = decode_message(frame, IngestMessage, reject_numbers=True)
+    return result
+
+
+def decode_admin_message(frame: str | bytes) -> SetStreaming | GetStats:
+    result: SetStreaming | GetStats = decode_message(frame, AdminMessage)
+    return result
+
+
+def validate_channels(names: Iterable[str]) -> list[Channel]:
+    """Channel names in protocol order, or MessageError naming the unknown ones."""
+    wanted = list(names)
+    unknown = [name for name in wanted if name not in CHANNELS]
+    if unknown:
+        raise MessageError(
+            "invalid_channel",
+            f"unknown channel(s) {', '.join(map(repr, unknown))}; channels are {', '.join(CHANNELS)}",
+        )
+    return [name for name in CHANNELS if name in wanted]
+
+
+def format_timestamp(epoch_seconds: float) -> str:
+    """Wall-clock seconds as the protocol's timestamp: UTC, milliseconds, ``Z``."""
+    whole = int(epoch_seconds)
+    millis = round((epoch_seconds - whole) * 1000)
+    if millis == 1000:
+        whole, millis = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of every message, for the front end and other services."""
+    types = [
+        *ServerMessage.__args__,
+        *ClientMessage.__args__,
+        *IngestMessage.__args__,
+        Ack,
+        *AdminMessage.__args__,
+        Stats,
+    ]
+    schemas, components = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"AlphaFlow Live wire protocol v{PROTOCOL_VERSION}",
+        "oneOf": list(schemas),
+        "$defs": components,
+    }

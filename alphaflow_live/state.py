@@ -1,0 +1,156 @@
+"""PortfolioState: one user's portfolio as the stream describes it (no I/O).
+
+The server keeps one per user to answer snapshots; the kernel-side client
+keeps one per connection and feeds it snapshots and batches. Applying a batch
+checks the epoch and the contiguity of sequence numbers, so a client either
+holds every state change or knows it must resubscribe with ``resume``.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+
+from msgspec import UNSET
+
+from .protocol import (
+    CHANNELS,
+    TERMINAL_ORDER_STATUSES,
+    Account,
+    AccountEvent,
+    Batch,
+    Event,
+    Fill,
+    FillEvent,
+    Order,
+    OrderEvent,
+    Position,
+    PositionClosedEvent,
+    PositionEvent,
+    Snapshot,
+)
+
+MAX_SNAPSHOT_FILLS = 100
+
+
+class BatchOutcome(enum.Enum):
+    APPLIED = "applied"
+    # Already applied (a batch that ends at or before our seq): nothing changed.
+    DUPLICATE = "duplicate"
+    # A batch that does not start where we are: resubscribe with resume.
+    GAP = "gap"
+    # A batch of another epoch: our sequence numbers mean nothing there.
+    EPOCH_CHANGED = "epoch_changed"
+    # No snapshot yet, so there is nothing to apply a batch to.
+    NO_BASE = "no_base"
+
+
+class PortfolioState:
+    """Positions, orders, account and recent fills, with the epoch and seq they are as of."""
+
+    def __init__(self, *, max_fills: int = 1000, max_closed_orders: int = 500) -> None:
+        self.epoch: str | None = None
+        self.seq: int | None = None
+        self.positions: dict[str, Position] = {}
+        self.orders: dict[str, Order] = {}
+        self.account: Account | None = None
+        self.fills: deque[Fill] = deque(maxlen=max_fills)
+        self._fill_ids: set[str] = set()
+        # Terminal orders in the order they ended; the oldest go past the cap
+        # so that a long session's blotter stays bounded.
+        self._closed_orders: OrderedDict[str, None] = OrderedDict()
+        self._max_closed_orders = max_closed_orders
+
+    # ----------------------------------------------------------------- applying
+
+    def apply_event(self, event: Event) -> None:
+        """Apply one event's effect, ignoring its seq (callers check contiguity)."""
+        if isinstance(event, PositionEvent):
+            self.positions[event.data.symbol] = event.data
+        elif isinstance(event, PositionClosedEvent):
+            self.positions.pop(event.data.symbol, None)
+        elif isinstance(event, OrderEvent):
+            self._upsert_order(event.data)
+        elif isinstance(event, AccountEvent):
+            self.account = event.data
+        elif isinstance(event, FillEvent):
+            self._add_fill(event.data)
+
+    def apply_events(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.apply_event(event)
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace the state of every channel the snapshot carries."""
+        self.epoch = snapshot.epoch
+        self.seq = snapshot.seq
+        if snapshot.positions is not UNSET:
+            self.positions = {p.symbol: p for p in snapshot.positions}
+        if snapshot.orders is not UNSET:
+            self.orders = {}
+            self._closed_orders.clear()
+            for order in snapshot.orders:
+                self._upsert_order(order)
+        if snapshot.account is not UNSET:
+            self.account = snapshot.account
+        if snapshot.fills is not UNSET:
+            self.fills.clear()
+            self._fill_ids.clear()
+            for fill in snapshot.fills:
+                self._add_fill(fill)
+
+    def apply_batch(self, batch: Batch) -> BatchOutcome:
+        if self.seq is None:
+            return BatchOutcome.NO_BASE
+        if batch.epoch != self.epoch:
+            return BatchOutcome.EPOCH_CHANGED
+        if batch.to_seq <= self.seq:
+            return BatchOutcome.DUPLICATE
+        if batch.from_seq != self.seq:
+            return BatchOutcome.GAP
+        self.apply_events(batch.events)
+        self.seq = batch.to_seq
+        return BatchOutcome.APPLIED
+
+    def _upsert_order(self, order: Order) -> None:
+        self.orders[order.id] = order
+        if order.status in TERMINAL_ORDER_STATUSES:
+            self._closed_orders[order.id] = None
+            self._closed_orders.move_to_end(order.id)
+            while len(self._closed_orders) > self._max_closed_orders:
+                oldest, _ = self._closed_orders.popitem(last=False)
+                self.orders.pop(oldest, None)
+        else:
+            self._closed_orders.pop(order.id, None)
+
+    def _add_fill(self, fill: Fill) -> None:
+        if fill.id in self._fill_ids:
+            return
+        if len(self.fills) == self.fills.maxlen:
+            self._fill_ids.discard(self.fills[0].id)
+        self.fills.append(fill)
+        self._fill_ids.add(fill.id)
+
+    # ---------------------------------------------------------------- reading
+
+    def recent_fills(self, limit: int = MAX_SNAPSHOT_FILLS) -> list[Fill]:
+        """The newest ``limit`` fills, newest last."""
+        start = max(0, len(self.fills) - limit)
+        return list(itertools.islice(self.fills, start, None))
+
+    def to_snapshot(self, server_time: str, channels: Iterable[str] = CHANNELS) -> Snapshot:
+        if self.epoch is None or self.seq is None:
+            raise ValueError("no epoch and seq yet: the state has never been synchronised")
+        wanted = set(channels)
+        snapshot = Snapshot(epoch=self.epoch, seq=self.seq, server_time=server_time)
+        if "positions" in wanted:
+            snapshot.positions = sorted(self.positions.values(), key=lambda p: p.symbol)
+        if "orders" in wanted:
+            snapshot.orders = list(self.orders.values())
+        if "account" in wanted:
+            snapshot.account = self.account
+        if "trades" in wanted:
+            snapshot.fills = self.recent_fills()
+        return snapshot

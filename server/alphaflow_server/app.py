@@ -1,0 +1,372 @@
+"""The stream server: websockets ``serve()``, handshake auth, HTTP endpoints, shutdown.
+
+Everything with rules lives in the sans-I/O cores (journal, batcher, limits,
+state); this module admits connections, routes them and moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import secrets
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from alphaflow_live.protocol import (
+    Ack,
+    GetStats,
+    MessageError,
+    Prices,
+    Publish,
+    SetStreaming,
+    Stats,
+    StatsReport,
+    decode_admin_message,
+    decode_ingest_message,
+    format_timestamp,
+)
+
+from .auth import Principal, Role, UsersFileWatcher
+from .bus import EventBus, JournalOptions
+from .config import ServerConfig
+from .http_api import TOKEN_QUERY_PARAMETERS, bearer_or_cookie, json_response, refusal, response
+from .limits import ConnectionLimiter, Refusal
+from .rpc import serve_requests
+from .session import CLOSE_STREAMING_DISABLED, PortfolioSession
+from .stats import Health, ServerStats, StatsCollector
+
+log = logging.getLogger("alphaflow.server")
+
+STREAM_ROLES: dict[str, tuple[str, Role]] = {
+    "/ws/portfolio": ("portfolio", "user"),
+    "/ws/ingest": ("ingest", "service"),
+    "/ws/admin": ("admin", "admin"),
+}
+SNAPSHOT_PATH = "/api/portfolio/snapshot"
+STREAMING_DISABLED_BODY = {"error": "streaming_disabled", "fallback": SNAPSHOT_PATH}
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    principal: Principal
+    stream: str
+    opened_at: float
+
+
+def new_epoch() -> str:
+    return "e-" + secrets.token_hex(6)
+
+
+class StreamServer:
+    def __init__(self, config: ServerConfig, users: UsersFileWatcher) -> None:
+        self.config = config
+        self.users = users
+        self.bus = EventBus(
+            new_epoch=new_epoch,
+            journal=JournalOptions(retain_events=config.retain_events, retain_seconds=config.retain_seconds),
+        )
+        self.stats = ServerStats(started_at=time.monotonic())
+        self.health = Health()
+        self.limiter = ConnectionLimiter(max_total=config.max_connections, max_per_user=config.max_per_user)
+        self.sessions: dict[ServerConnection, PortfolioSession] = {}
+        self.streaming_enabled = True
+        self.set_streaming(not config.disable_streaming)
+        self._admitted: dict[ServerConnection, Admission] = {}
+        self._server: Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._metrics_registry: Any = None
+        self.port: int | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        config = self.config
+        self._server = await serve(
+            self._handle,
+            config.host,
+            config.port,
+            process_request=self._process_request,
+            server_header="alphaflow-live",
+            compression="deflate" if config.compression else None,
+            max_size=config.max_frame_bytes,
+            ping_interval=config.heartbeat_s,
+            ping_timeout=config.heartbeat_s,
+            logger=logging.getLogger("alphaflow.server.websockets"),
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ticker = asyncio.create_task(self._tick_loop(), name="heartbeats")
+        log.info("listening on ws://%s:%d", _host_for_url(config.host), self.port)
+
+    async def close(self) -> None:
+        """Close every connection with 1001 and stop serving."""
+        self.health.set("server", "offline", "shutting down")
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+        log.info("event=stopped")
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            log.info("event=shutdown reason=signal")
+            await self.close()
+
+    async def _tick_loop(self) -> None:
+        interval = min(1.0, max(0.05, self.config.heartbeat_s / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for session in list(self.sessions.values()):
+                session.tick(now)
+
+    # ---------------------------------------------------------- feature flag
+
+    def set_streaming(self, enabled: bool) -> None:
+        self.streaming_enabled = enabled
+        if enabled:
+            self.health.set("streaming", "healthy")
+        else:
+            self.health.set("streaming", "degraded", "streaming disabled by operator; REST snapshot serving")
+            for session in list(self.sessions.values()):
+                asyncio.get_running_loop().create_task(session.close(*CLOSE_STREAMING_DISABLED))
+
+    # -------------------------------------------------------------- handshake
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        # Never log request.path: it may hold a credential.
+        if any(
+            name.lower() in TOKEN_QUERY_PARAMETERS for name, _ in parse_qsl(url.query, keep_blank_values=True)
+        ):
+            return self._refuse(
+                http.HTTPStatus.BAD_REQUEST,
+                "token_in_url",
+                "credentials in the URL are refused; send 'Authorization: Bearer <token>' "
+                "or the alphaflow_session cookie",
+            )
+        path = url.path
+        if path == "/healthz":
+            return self._healthz()
+        if path == "/metrics":
+            return self._metrics()
+        route = STREAM_ROLES.get(path)
+        if route is None and path not in (SNAPSHOT_PATH, "/api/admin/websocket-stats"):
+            return self._refuse(http.HTTPStatus.NOT_FOUND, "not_found", f"no endpoint at {path}")
+        token = bearer_or_cookie(request.headers)
+        if token is None:
+            return self._refuse(
+                http.HTTPStatus.UNAUTHORIZED,
+                "missing_token",
+                "no credentials: send 'Authorization: Bearer <token>' "
+                "(create one with alphaflow-live users add)",
+                headers=[("WWW-Authenticate", "Bearer")],
+            )
+        principal = self.users.current(time.monotonic()).authenticate(token)
+        if principal is None:
+            return self._refuse(
+                http.HTTPStatus.UNAUTHORIZED,
+                "invalid_token",
+                "token rejected: unknown token (run alphaflow-live users add, or users rotate)",
+                headers=[("WWW-Authenticate", 'Bearer error="invalid_token"')],
+            )
+        if route is None:
+            return self._rest(path, principal)
+        stream, role = route
+        if principal.role != role:
+            return self._refuse(
+                http.HTTPStatus.FORBIDDEN,
+                "wrong_role",
+                f"{path} needs a token of role '{role}'; this token has role '{principal.role}'",
+            )
+        if stream == "portfolio" and not self.streaming_enabled:
+            self.stats.handshakes_refused["streaming_disabled"] += 1
+            return json_response(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                {
+                    **STREAMING_DISABLED_BODY,
+                    "message": f"streaming is switched off by the operator; poll {SNAPSHOT_PATH}",
+                },
+            )
+        refused = self.limiter.acquire(principal.name, per_user_limit=stream == "portfolio")
+        if refused is Refusal.PER_USER:
+            return self._refuse(
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                refused.value,
+                f"user '{principal.name}' already has {self.limiter.max_per_user} connections "
+                "(the per-user limit); close one first",
+                headers=[("Retry-After", "5")],
+            )
+        if refused is Refusal.TOTAL:
+            return self._refuse(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                refused.value,
+                f"the server holds its maximum of {self.limiter.max_total} connections; retry later",
+                headers=[("Retry-After", "5")],
+            )
+        self._admitted[connection] = Admission(principal, stream, time.monotonic())
+        connection.connection_lost_waiter.add_done_callback(lambda _: self._release(connection))
+        return None
+
+    def _release(self, connection: ServerConnection) -> None:
+        admission = self._admitted.pop(connection, None)
+        if admission is not None:
+            self.limiter.release(admission.principal.name, per_user_limit=admission.stream == "portfolio")
+
+    def _refuse(self, status: http.HTTPStatus, code: str, message: str, **kwargs: Any) -> Response:
+        self.stats.handshakes_refused[code] += 1
+        return refusal(status, code, message, **kwargs)
+
+    # ------------------------------------------------------------ plain HTTP
+
+    def _healthz(self) -> Response:
+        status = self.health.status
+        body = {
+            "status": status,
+            "reasons": self.health.reasons,
+            "streaming_enabled": self.streaming_enabled,
+            "connections": self.limiter.total,
+            "uptime_s": round(time.monotonic() - self.stats.started_at, 3),
+        }
+        code = http.HTTPStatus.SERVICE_UNAVAILABLE if status == "offline" else http.HTTPStatus.OK
+        return json_response(code, body)
+
+    def _metrics(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        if self._metrics_registry is None:
+            self._metrics_registry = CollectorRegistry(auto_describe=False)
+            self._metrics_registry.register(StatsCollector(self.stats_report, self.stats.latency))
+        return response(http.HTTPStatus.OK, generate_latest(self._metrics_registry), CONTENT_TYPE_LATEST)
+
+    def _rest(self, path: str, principal: Principal) -> Response:
+        if path == SNAPSHOT_PATH:
+            if principal.role != "user":
+                return self._refuse(
+                    http.HTTPStatus.FORBIDDEN,
+                    "wrong_role",
+                    f"{path} needs a token of role 'user'; this token has role '{principal.role}'",
+                )
+            state = self.bus.user(principal.name).state
+            return json_response(http.HTTPStatus.OK, state.to_snapshot(format_timestamp(time.time())))
+        if principal.role != "admin":
+            return self._refuse(
+                http.HTTPStatus.FORBIDDEN,
+                "wrong_role",
+                f"{path} needs a token of role 'admin'; this token has role '{principal.role}'",
+            )
+        return json_response(http.HTTPStatus.OK, self.stats_report())
+
+    def stats_report(self) -> StatsReport:
+        by_stream: Counter[str] = Counter({"portfolio": 0, "ingest": 0, "admin": 0})
+        per_user: Counter[str] = Counter()
+        for admission in self._admitted.values():
+            by_stream[admission.stream] += 1
+            if admission.stream == "portfolio":
+                per_user[admission.principal.name] += 1
+        return self.stats.report(
+            now=time.monotonic(),
+            health=self.health,
+            streaming_enabled=self.streaming_enabled,
+            connections_by_stream=dict(by_stream),
+            connections_per_user=dict(sorted(per_user.items())),
+        )
+
+    # ------------------------------------------------------------ connections
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        admission = self._admitted.get(ws)
+        if admission is None:  # pragma: no cover - process_request admits every upgrade
+            await ws.close(1011, "not admitted")
+            return
+        user = admission.principal.name
+        connection_id = "c-" + secrets.token_hex(4)
+        log.info("event=connect stream=%s user=%s conn=%s", admission.stream, user, connection_id)
+        chosen_code: int | None = None
+        try:
+            if admission.stream == "portfolio":
+                session = PortfolioSession(
+                    ws,
+                    user_id=user,
+                    connection_id=connection_id,
+                    bus=self.bus,
+                    config=self.config,
+                    stats=self.stats,
+                )
+                self.sessions[ws] = session
+                try:
+                    await session.run()
+                finally:
+                    self.sessions.pop(ws, None)
+                chosen_code = session.close_code
+            elif admission.stream == "ingest":
+                chosen_code = await serve_requests(
+                    ws,
+                    decode=decode_ingest_message,
+                    handle=self._ingest,
+                    messages_per_s=self.config.max_messages_per_s,
+                    describe="ingest",
+                )
+            else:
+                chosen_code = await serve_requests(
+                    ws,
+                    decode=decode_admin_message,
+                    handle=self._admin,
+                    messages_per_s=self.config.max_messages_per_s,
+                    describe="admin",
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.wait_closed(), timeout=self.config.heartbeat_s)
+            code = chosen_code or ws.close_code or 1006
+            self.stats.disconnects_by_code[code] += 1
+            log.info(
+                "event=disconnect stream=%s user=%s conn=%s code=%d duration_s=%.3f",
+                admission.stream,
+                user,
+                connection_id,
+                code,
+                time.monotonic() - admission.opened_at,
+            )
+
+    async def _ingest(self, message: Publish | Prices) -> Ack:
+        now = asyncio.get_running_loop().time()
+        if isinstance(message, Publish):
+            stamped = self.bus.publish(message.user_id, message.events, now)
+            self.stats.events_in += len(stamped)
+            return Ack(id=message.id, seqs=[event.seq for event in stamped])
+        # Price ticks move marks through the portfolio engine; with no engine
+        # attached there is nothing to recompute, and the ticks are acknowledged.
+        return Ack(id=message.id, seqs=[])
+
+    async def _admin(self, message: SetStreaming | GetStats) -> Ack | Stats:
+        if isinstance(message, SetStreaming):
+            if message.enabled != self.streaming_enabled:
+                log.warning("event=streaming_flag enabled=%s", str(message.enabled).lower())
+            self.set_streaming(message.enabled)
+            return Ack(id=message.id)
+        if isinstance(message, GetStats):
+            report = self.stats_report()
+            return Stats(id=message.id, **{f: getattr(report, f) for f in report.__struct_fields__})
+        raise MessageError("unknown_type", f"unexpected message {type(message).__name__}")
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

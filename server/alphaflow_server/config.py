@@ -1,0 +1,42 @@
+"""The server's settings: one dataclass, filled from flags or ALPHAFLOW_* variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+
+def default_users_file() -> Path:
+    return Path(platformdirs.user_data_dir("alphaflow-live")) / "users.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    source: str = "none"
+    users_file: Path = Path("users.json")
+    batch_window_ms: int = 250
+    # Off reproduces a plain periodic batcher (every batch waits a full window).
+    leading_edge: bool = True
+    max_connections: int = 100
+    max_per_user: int = 5
+    heartbeat_s: float = 15.0
+    disable_streaming: bool = False
+    # Inbound limits of PROTOCOL.md.
+    max_frame_bytes: int = 64 * 1024
+    max_messages_per_s: float = 100.0
+    # A connection's queued frames beyond this are discarded for one snapshot.
+    max_backlog_bytes: int = 4 * 1024 * 1024
+    # How long a resync may wait for a socket to drain before close 1013.
+    slow_client_timeout_s: float = 30.0
+    # Replay buffer per user: at least this many events or seconds, whichever is more.
+    retain_events: int = 10_000
+    retain_seconds: float = 300.0
+    compression: bool = True
+
+    @property
+    def batch_window_s(self) -> float:
+        return self.batch_window_ms / 1000.0

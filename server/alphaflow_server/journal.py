@@ -1,0 +1,90 @@
+"""Journal: one user's epoch, contiguous sequence numbers and replay buffer (no I/O).
+
+Every event the server accepts for a user is stamped here with the next
+``seq``. The recent ones are kept so that a client that reconnects with
+``resume`` gets exactly what it missed: at least ``retain_events`` events or
+``retain_seconds`` of them, whichever is more, and never more than
+``max_events`` (the memory bound that protects the server from a flood).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Sequence
+
+import msgspec
+
+from alphaflow_live.protocol import Event
+
+
+class Journal:
+    def __init__(
+        self,
+        epoch: str,
+        *,
+        seq: int = 0,
+        retain_events: int = 10_000,
+        retain_seconds: float = 300.0,
+        max_events: int = 1_000_000,
+    ) -> None:
+        if retain_events > max_events:
+            raise ValueError("retain_events cannot exceed max_events")
+        self.epoch = epoch
+        self.seq = seq
+        self._retain_events = retain_events
+        self._retain_seconds = retain_seconds
+        self._max_events = max_events
+        # (monotonic time appended, event with its seq), oldest first, seqs contiguous.
+        self._entries: deque[tuple[float, Event]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def first_replayable_seq(self) -> int:
+        """The lowest ``resume.seq`` that can still be served from memory."""
+        if not self._entries:
+            return self.seq
+        return self._entries[0][1].seq - 1
+
+    def append(self, events: Sequence[Event], now: float) -> list[Event]:
+        """Stamp the events with the next seqs, keep them, and return the stamped copies."""
+        stamped: list[Event] = []
+        for event in events:
+            self.seq += 1
+            sequenced = msgspec.structs.replace(event, seq=self.seq)
+            self._entries.append((now, sequenced))
+            stamped.append(sequenced)
+        self.trim(now)
+        return stamped
+
+    def restore(self, entries: Sequence[tuple[float, Event]]) -> None:
+        """Load previously journaled events (oldest first), as after a restart."""
+        for appended_at, event in entries:
+            if self._entries and event.seq != self._entries[-1][1].seq + 1:
+                raise ValueError(f"journal entries are not contiguous at seq {event.seq}")
+            self._entries.append((appended_at, event))
+        if self._entries:
+            self.seq = max(self.seq, self._entries[-1][1].seq)
+
+    def trim(self, now: float) -> None:
+        entries = self._entries
+        horizon = now - self._retain_seconds
+        while entries and (
+            len(entries) > self._max_events
+            or (len(entries) > self._retain_events and entries[0][0] < horizon)
+        ):
+            entries.popleft()
+
+    def can_resume(self, epoch: str, seq: int) -> bool:
+        return epoch == self.epoch and self.first_replayable_seq <= seq <= self.seq
+
+    def events_after(self, seq: int) -> list[Event]:
+        """Every kept event with a seq above ``seq``; callers check ``can_resume`` first."""
+        if not self.first_replayable_seq <= seq <= self.seq:
+            raise ValueError(
+                f"seq {seq} is outside the replayable range {self.first_replayable_seq}..{self.seq}"
+            )
+        skip = seq - self.first_replayable_seq
+        return [event for _, event in itertools.islice(self._entries, skip, None)]

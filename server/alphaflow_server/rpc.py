@@ -1,0 +1,60 @@
+"""The request/reply loop shared by /ws/ingest and /ws/admin.
+
+Each inbound frame is rate limited, decoded against the stream's message
+union and answered with exactly one reply: the handler's (an ``ack`` or
+``stats``) or an ``error`` that names what was wrong and echoes the ``id``.
+The connection stays open after an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from alphaflow_live.protocol import MessageError, encode
+
+from .limits import TokenBucket
+
+log = logging.getLogger("alphaflow.server.rpc")
+
+M = TypeVar("M")
+
+RATE_LIMIT_CLOSE = (1008, "rate limit")
+
+
+async def serve_requests(
+    ws: ServerConnection,
+    *,
+    decode: Callable[[str], M],
+    handle: Callable[[M], Awaitable[Any]],
+    messages_per_s: float,
+    describe: str,
+) -> int | None:
+    """Serve until the peer leaves; returns the close code this side chose, if any."""
+    loop = asyncio.get_running_loop()
+    bucket = TokenBucket(messages_per_s, messages_per_s, loop.time())
+    try:
+        async for frame in ws:
+            if not bucket.take(loop.time()):
+                await ws.close(*RATE_LIMIT_CLOSE)
+                return RATE_LIMIT_CLOSE[0]
+            try:
+                if isinstance(frame, bytes):
+                    raise MessageError(
+                        "invalid_message", "binary frames are not accepted; send JSON text frames"
+                    )
+                reply = await handle(decode(frame))
+            except MessageError as exc:
+                reply = exc.to_error()
+            except Exception:
+                log.exception("event=internal_error stream=%s", describe)
+                reply = MessageError("internal", "the server failed to handle this message").to_error()
+            await ws.send(encode(reply), text=True)
+    except ConnectionClosed:
+        pass
+    return None

@@ -1,0 +1,241 @@
+"""Counters, latency histograms, health and the Prometheus export.
+
+The hot path only bumps plain integers and one histogram; Prometheus reads
+them when it scrapes, through a custom collector, so streaming never pays for
+metrics it is not asked for.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import resource
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from alphaflow_live.protocol import LatencySummary, StatsReport
+
+
+class LatencyHistogram:
+    """Log-spaced buckets from 10 µs to about 100 s (about 4% apart); percentiles in ms."""
+
+    _RATIO = 1.04
+
+    def __init__(self) -> None:
+        bounds = []
+        bound = 1e-5
+        while bound < 100.0:
+            bounds.append(bound)
+            bound *= self._RATIO
+        self._bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+        self.max = 0.0
+
+    def record(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self._counts[bisect.bisect_left(self._bounds, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+        self.max = max(self.max, seconds)
+
+    def percentile(self, fraction: float) -> float | None:
+        """The upper bound of the bucket holding the given fraction, in seconds."""
+        if self.count == 0:
+            return None
+        rank = max(1, math.ceil(fraction * self.count))
+        seen = 0
+        for index, count in enumerate(self._counts):
+            seen += count
+            if seen >= rank:
+                return min(self.max, self._bounds[index]) if index < len(self._bounds) else self.max
+        return self.max  # pragma: no cover - ranks never exceed the count
+
+    def summary_ms(self) -> LatencySummary:
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 3)
+
+        return LatencySummary(
+            count=self.count,
+            p50=ms(self.percentile(0.50)),
+            p95=ms(self.percentile(0.95)),
+            p99=ms(self.percentile(0.99)),
+            max=ms(self.max if self.count else None),
+        )
+
+    def cumulative_buckets(self, edges_s: list[float]) -> Iterator[tuple[float, int]]:
+        """Counts at or below each edge, for Prometheus histogram export."""
+        running = 0
+        index = 0
+        for edge in edges_s:
+            while index < len(self._bounds) and self._bounds[index] <= edge:
+                running += self._counts[index]
+                index += 1
+            yield edge, running
+
+
+class Health:
+    """The worst of each component's state: healthy < degraded < offline."""
+
+    _ORDER: ClassVar[dict[str, int]] = {"healthy": 0, "degraded": 1, "offline": 2}
+
+    def __init__(self) -> None:
+        self._components: dict[str, tuple[str, str]] = {}
+
+    def set(self, component: str, status: str, reason: str = "") -> None:
+        if status not in self._ORDER:
+            raise ValueError(f"unknown health status {status!r}")
+        if status == "healthy":
+            self._components.pop(component, None)
+        else:
+            self._components[component] = (status, reason)
+
+    @property
+    def status(self) -> str:
+        worst = "healthy"
+        for status, _ in self._components.values():
+            if self._ORDER[status] > self._ORDER[worst]:
+                worst = status
+        return worst
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{name}: {reason}" for name, (_, reason) in sorted(self._components.items())]
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux /proc; the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class ServerStats:
+    started_at: float
+    events_in: int = 0
+    events_delivered: int = 0
+    batches_out: int = 0
+    snapshots_out: int = 0
+    bytes_out: int = 0
+    slow_consumer_resyncs: int = 0
+    handshakes_refused: Counter[str] = field(default_factory=Counter)
+    disconnects_by_code: Counter[int] = field(default_factory=Counter)
+    # Ingest received → batch frame handed to the socket.
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def batch_efficiency(self) -> float | None:
+        if self.events_delivered == 0:
+            return None
+        return round(1.0 - self.batches_out / self.events_delivered, 6)
+
+    def report(
+        self,
+        *,
+        now: float,
+        health: Health,
+        streaming_enabled: bool,
+        connections_by_stream: dict[str, int],
+        connections_per_user: dict[str, int],
+    ) -> StatsReport:
+        return StatsReport(
+            health=health.status,
+            health_reasons=health.reasons,
+            streaming_enabled=streaming_enabled,
+            uptime_s=round(now - self.started_at, 3),
+            memory_rss_bytes=rss_bytes(),
+            connections_total=sum(connections_by_stream.values()),
+            connections_by_stream=connections_by_stream,
+            connections_per_user=connections_per_user,
+            handshakes_refused=dict(self.handshakes_refused),
+            events_in=self.events_in,
+            events_delivered=self.events_delivered,
+            batches_out=self.batches_out,
+            snapshots_out=self.snapshots_out,
+            bytes_out=self.bytes_out,
+            batch_efficiency=self.batch_efficiency(),
+            slow_consumer_resyncs=self.slow_consumer_resyncs,
+            latency_ms=self.latency.summary_ms(),
+            disconnects_by_code={str(code): n for code, n in sorted(self.disconnects_by_code.items())},
+        )
+
+
+_PROMETHEUS_LATENCY_EDGES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+
+
+class StatsCollector:
+    """A prometheus_client collector that reads a StatsReport when scraped."""
+
+    def __init__(self, read: Any, histogram: LatencyHistogram) -> None:
+        self._read = read
+        self._histogram = histogram
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        report: StatsReport = self._read()
+        up = GaugeMetricFamily("alphaflow_up", "1 healthy, 0.5 degraded, 0 offline")
+        up.add_metric([], {"healthy": 1.0, "degraded": 0.5}.get(report.health, 0.0))
+        yield up
+        streaming = GaugeMetricFamily("alphaflow_streaming_enabled", "The streaming feature flag")
+        streaming.add_metric([], 1.0 if report.streaming_enabled else 0.0)
+        yield streaming
+        connections = GaugeMetricFamily(
+            "alphaflow_connections", "Open WebSocket connections", labels=["stream"]
+        )
+        for stream, count in sorted(report.connections_by_stream.items()):
+            connections.add_metric([stream], count)
+        yield connections
+        for name, value, help_text in (
+            ("alphaflow_events_in", report.events_in, "Events accepted from ingest and sources"),
+            ("alphaflow_events_delivered", report.events_delivered, "Events handed to batchers"),
+            ("alphaflow_batches_out", report.batches_out, "Batch frames sent"),
+            ("alphaflow_snapshots_out", report.snapshots_out, "Snapshot frames sent"),
+            (
+                "alphaflow_bytes_out",
+                report.bytes_out,
+                "Bytes of stream frames sent (before compression)",
+            ),
+            (
+                "alphaflow_slow_consumer_resyncs",
+                report.slow_consumer_resyncs,
+                "Backlogs discarded for a snapshot",
+            ),
+        ):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], value)
+            yield counter
+        refused = CounterMetricFamily("alphaflow_handshakes_refused", "Refused handshakes", labels=["reason"])
+        for reason, count in sorted(report.handshakes_refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        disconnects = CounterMetricFamily("alphaflow_disconnects", "Closed connections", labels=["code"])
+        for code, count in sorted(report.disconnects_by_code.items()):
+            disconnects.add_metric([code], count)
+        yield disconnects
+        rss = GaugeMetricFamily("alphaflow_memory_rss_bytes", "Resident set size")
+        rss.add_metric([], report.memory_rss_bytes)
+        yield rss
+        latency = HistogramMetricFamily(
+            "alphaflow_delivery_latency_seconds", "Ingest received to batch frame sent"
+        )
+        buckets = [
+            (str(edge), count)
+            for edge, count in self._histogram.cumulative_buckets(_PROMETHEUS_LATENCY_EDGES)
+        ]
+        buckets.append(("+Inf", self._histogram.count))
+        latency.add_metric([], buckets, sum_value=self._histogram.sum)
+        yield latency

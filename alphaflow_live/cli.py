@@ -99,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("NO_COMPRESSION", False, _env_flag),
         help="do not offer permessage-deflate",
     )
+    serve.add_argument(
+        "--retain-events",
+        type=int,
+        default=_env("RETAIN_EVENTS", 10_000, int),
+        help="replay buffer per user: at least this many events ...",
+    )
+    serve.add_argument(
+        "--retain-seconds",
+        type=float,
+        default=_env("RETAIN_SECONDS", 300.0, float),
+        help="... or this many seconds of them, whichever is more",
+    )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
 
     users = commands.add_parser("users", help="manage users and their tokens")
@@ -174,6 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_backlog_bytes=args.max_backlog_bytes,
         slow_client_timeout_s=args.slow_client_timeout_s,
         compression=not args.no_compression,
+        retain_events=args.retain_events,
+        retain_seconds=args.retain_seconds,
     )
     try:
         watcher = UsersFileWatcher(users_file)

@@ -106,10 +106,8 @@ class PortfolioState:
             return BatchOutcome.NO_BASE
         if batch.epoch != self.epoch:
             return BatchOutcome.EPOCH_CHANGED
-        if batch.to_seq <= self.seq:
-            return BatchOutcome.DUPLICATE
         if batch.from_seq != self.seq:
-            return BatchOutcome.GAP
+            return BatchOutcome.DUPLICATE if batch.to_seq <= self.seq else BatchOutcome.GAP
         self.apply_events(batch.events)
         self.seq = batch.to_seq
         return BatchOutcome.APPLIED

@@ -99,7 +99,8 @@ class StreamServer:
             compression="deflate" if config.compression else None,
             max_size=config.max_frame_bytes,
             ping_interval=config.heartbeat_s,
-            ping_timeout=config.heartbeat_s,
+            ping_timeout=config.ping_timeout_s,
+            close_timeout=config.close_timeout_s,
             logger=logging.getLogger("alphaflow.server.websockets"),
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -315,7 +316,7 @@ class StreamServer:
                     await session.run()
                 finally:
                     self.sessions.pop(ws, None)
-                chosen_code = session.close_code
+                    chosen_code = session.close_code
             elif admission.stream == "ingest":
                 chosen_code = await serve_requests(
                     ws,

@@ -40,3 +40,13 @@ class ServerConfig:
     @property
     def batch_window_s(self) -> float:
         return self.batch_window_ms / 1000.0
+
+    # A dead peer is dropped within 2 × heartbeat_s: a ping every heartbeat_s,
+    # then the pong timeout and the closing handshake share one more heartbeat_s.
+    @property
+    def ping_timeout_s(self) -> float:
+        return self.heartbeat_s * 0.6
+
+    @property
+    def close_timeout_s(self) -> float:
+        return min(3.0, self.heartbeat_s * 0.4)

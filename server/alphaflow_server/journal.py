@@ -73,7 +73,7 @@ class Journal:
         horizon = now - self._retain_seconds
         while entries and (
             len(entries) > self._max_events
-            or (len(entries) > self._retain_events and entries[0][0] < horizon)
+            or (len(entries) > self._retain_events and entries[0][0] <= horizon)
         ):
             entries.popleft()
 

@@ -38,11 +38,16 @@ async def serve_requests(
     """Serve until the peer leaves; returns the close code this side chose, if any."""
     loop = asyncio.get_running_loop()
     bucket = TokenBucket(messages_per_s, messages_per_s, loop.time())
+    chosen: int | None = None
+    closer: asyncio.Task[None] | None = None
     try:
         async for frame in ws:
+            if chosen is not None:
+                continue  # closing: drain what is in flight so the close frame gets read
             if not bucket.take(loop.time()):
-                await ws.close(*RATE_LIMIT_CLOSE)
-                return RATE_LIMIT_CLOSE[0]
+                chosen = RATE_LIMIT_CLOSE[0]
+                closer = asyncio.create_task(ws.close(*RATE_LIMIT_CLOSE))
+                continue
             try:
                 if isinstance(frame, bytes):
                     raise MessageError(
@@ -57,4 +62,6 @@ async def serve_requests(
             await ws.send(encode(reply), text=True)
     except ConnectionClosed:
         pass
-    return None
+    if closer is not None:
+        await closer
+    return chosen

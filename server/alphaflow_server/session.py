@@ -85,6 +85,7 @@ class PortfolioSession:
         self.last_sent_at = now
         # The close code this side chose, when it closed the connection itself.
         self.close_code: int | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -103,14 +104,18 @@ class PortfolioSession:
         sender = asyncio.create_task(self._send_loop(), name=f"send-{self.connection_id}")
         try:
             async for frame in self.ws:
+                if self.close_code is not None:
+                    continue  # closing: drain what is in flight so the close frame gets read
                 if not self._bucket.take(self._loop.time()):
-                    await self.close(*CLOSE_RATE_LIMIT)
-                    break
+                    self._close_soon(*CLOSE_RATE_LIMIT)
+                    continue
                 self._receive(frame)
+        except ConnectionClosed:
+            pass
         finally:
             self._stop()
             sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            await asyncio.gather(sender, *([self._closer] if self._closer else []), return_exceptions=True)
 
     def _stop(self) -> None:
         if self._unlisten is not None:
@@ -121,11 +126,18 @@ class PortfolioSession:
                 timer.cancel()
 
     async def close(self, code: int, reason: str) -> None:
+        """Close with ``code``, or drop the TCP connection if that takes longer than
+        the close timeout (a socket that does not drain never lets the close frame out)."""
         self.close_code = code
         try:
-            await asyncio.wait_for(self.ws.close(code, reason), timeout=5)
-        except (TimeoutError, ConnectionClosed):
+            async with asyncio.timeout(self._config.close_timeout_s):
+                await self.ws.close(code, reason)
+        except TimeoutError:
             self.ws.transport.abort()
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        self.close_code = code
+        self._closer = self._loop.create_task(self.close(code, reason))
 
     # -------------------------------------------------------------- inbound
 
@@ -285,7 +297,7 @@ class PortfolioSession:
                 self.user_id,
                 self.connection_id,
             )
-            self._loop.create_task(self.close(*CLOSE_SLOW_CONSUMER))
+            self._close_soon(*CLOSE_SLOW_CONSUMER)
 
     def _end_resync(self) -> bytes:
         """The snapshot that replaces the discarded backlog, built now that the socket drained."""

@@ -11,6 +11,7 @@ millisecond or finer), so the server never rewrites an event's ``ts``.
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Iterable
 from decimal import Decimal
@@ -24,8 +25,10 @@ PROTOCOL_VERSION: Final = 1
 Channel = Literal["positions", "orders", "account", "trades"]
 CHANNELS: Final[tuple[Channel, ...]] = ("positions", "orders", "account", "trades")
 
+# Patterns end in (?!\n)$ because Python's $ also matches before a final newline;
+# the lookahead keeps them exact in Python and in the exported JSON Schema alike.
 TIMESTAMP_PATTERN: Final = (
-    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3,9}Z$"
+    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3,9}Z(?!\n)$"
 )
 Timestamp = Annotated[
     str,
@@ -35,8 +38,8 @@ Timestamp = Annotated[
         examples=["2026-01-04T14:03:11.120Z"],
     ),
 ]
-Symbol = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9./_-]{0,31}$")]
-UserId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+Symbol = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9./_-]{0,31}(?!\n)$")]
+UserId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-]{1,64}(?!\n)$")]
 MessageId = int | str
 
 OrderStatus = Literal[
@@ -59,16 +62,26 @@ ErrorCode = Literal[
     "invalid_channel",
     "resume_unavailable",
     "internal",
-    # Ingest only: the user id of a publish is not one the server can stream.
-    "invalid_user",
 ]
+
+
+def _check_date(field: str, timestamp: str | None) -> None:
+    """The pattern allows day 31 in any month; refuse the dates that do not exist."""
+    if timestamp is None or int(timestamp[8:10]) <= 28:
+        return
+    year, month, day = int(timestamp[:4]), int(timestamp[5:7]), int(timestamp[8:10])
+    if day > calendar.monthrange(year, month)[1]:
+        raise ValueError(f"field '{field}' is not a real date: {timestamp[:10]}")
 
 
 class _Data(Struct, kw_only=True):
     # Decimal fields that must be above zero (msgspec's Meta(gt=) is for ints and floats).
     _positive: ClassVar[tuple[str, ...]] = ()
+    _timestamps: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        for name in self._timestamps:
+            _check_date(name, getattr(self, name))
         # NaN and infinities parse as Decimal, but money never is either.
         for name in self.__struct_fields__:
             value = getattr(self, name)
@@ -98,6 +111,7 @@ class Position(_Data, kw_only=True):
     change_today: Decimal
     asset_class: str = "us_equity"
     updated_at: Timestamp
+    _timestamps = ("updated_at",)
 
 
 class Order(_Data, kw_only=True):
@@ -116,6 +130,7 @@ class Order(_Data, kw_only=True):
     submitted_at: Timestamp
     updated_at: Timestamp
     filled_at: Timestamp | None = None
+    _timestamps = ("submitted_at", "updated_at", "filled_at")
 
 
 class Account(_Data, kw_only=True):
@@ -129,6 +144,7 @@ class Account(_Data, kw_only=True):
     realized_pl_today: Decimal
     currency: str = "USD"
     updated_at: Timestamp
+    _timestamps = ("updated_at",)
 
 
 class Fill(_Data, kw_only=True):
@@ -137,6 +153,7 @@ class Fill(_Data, kw_only=True):
     symbol: Symbol
     side: Literal["buy", "sell"]
     _positive = ("qty", "price")
+    _timestamps = ("timestamp",)
     qty: Decimal
     price: Decimal
     position_qty: Decimal
@@ -154,6 +171,9 @@ class _Event(Struct, kw_only=True, tag_field="type"):
     # ``seq`` is assigned by the server's journal; publishers leave it out.
     seq: int = 0
     ts: Timestamp
+
+    def __post_init__(self) -> None:
+        _check_date("ts", self.ts)
 
 
 class PositionEvent(_Event, tag="position", kw_only=True):
@@ -269,6 +289,7 @@ ClientMessage = Subscribe | Unsubscribe | Ping
 
 class PriceTick(_Data, kw_only=True):
     _positive = ("price",)
+    _timestamps = ("ts",)
     symbol: Symbol
     price: Decimal
     ts: Timestamp
@@ -388,7 +409,7 @@ def decode_message(frame: str | bytes, union: Any, *, reject_numbers: bool = Fal
     """
     try:
         raw = _any_decoder.decode(frame)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MessageError("invalid_json", f"frame is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise MessageError("invalid_message", "a frame must be one JSON object")
@@ -397,7 +418,7 @@ def decode_message(frame: str | bytes, union: Any, *, reject_numbers: bool = Fal
         ref = None
     kind = raw.get("type")
     tags = _type_tags(union)
-    if kind not in tags:
+    if not isinstance(kind, str) or kind not in tags:
         expected = ", ".join(sorted(tags))
         raise MessageError("unknown_type", f"unknown message type {kind!r}; expected one of: {expected}", ref)
     if reject_numbers:

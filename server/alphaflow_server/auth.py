@@ -66,6 +66,8 @@ class TokenStore:
             self._insert(record)
 
     def _insert(self, record: UserRecord) -> None:
+        if record.name in self._by_name:
+            raise ValueError(f"user {record.name!r} appears twice")
         self._by_name[record.name] = record
         self._by_hash[record.token_sha256] = record
 
@@ -124,10 +126,9 @@ def load_users_file(path: Path) -> TokenStore:
     except OSError as exc:
         raise UsersFileError(f"cannot read users file {path}: {exc.strerror}") from None
     try:
-        users = msgspec.json.decode(raw, type=UsersFile)
-    except msgspec.DecodeError as exc:
+        return TokenStore(msgspec.json.decode(raw, type=UsersFile).users)
+    except (msgspec.DecodeError, ValueError) as exc:
         raise UsersFileError(f"users file {path} is not valid: {exc} (fix it or move it away)") from None
-    return TokenStore(users.users)
 
 
 def save_users_file(path: Path, store: TokenStore) -> None:

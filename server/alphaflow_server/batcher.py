@@ -103,11 +103,12 @@ class Batcher:
         return self._upto
 
     def add(self, events: Sequence[Event], now: float) -> None:
-        for event in events:
-            if event.seq <= self._upto:
-                continue  # already covered by a snapshot or replay
-            if event.seq != self._upto + 1:
-                raise ValueError(f"events must be contiguous: expected seq {self._upto + 1}, got {event.seq}")
+        fresh = [event for event in events if event.seq > self._upto]  # the rest a snapshot or replay covered
+        # Check before changing anything, so a broken call cannot lose the events before its gap.
+        for expected, event in enumerate(fresh, start=self._upto + 1):
+            if event.seq != expected:
+                raise ValueError(f"events must be contiguous: expected seq {expected}, got {event.seq}")
+        for event in fresh:
             self._upto = event.seq
             if event.channel in self.channels:
                 self._pending.append(event)

@@ -1,0 +1,266 @@
+"""Journal: contiguous seqs, retention ("at least N events or T seconds, whichever is more"), resume."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alphaflow_live.protocol import Event
+from alphaflow_server.journal import Journal
+
+from .factories import event_sequences, events, fill, position, stamp
+
+PROPERTY = settings(max_examples=200, deadline=None)
+
+
+def seqs(items: list[Event]) -> list[int]:
+    return [event.seq for event in items]
+
+
+def filled(journal: Journal, count: int, now: float = 0.0) -> list[Event]:
+    return journal.append([fill(f"f-{n}") for n in range(count)], now)
+
+
+# ---------------------------------------------------------------------- append
+
+
+def test_append_stamps_contiguous_seqs_from_the_start_seq() -> None:
+    journal = Journal("e-1", seq=100)
+
+    first = journal.append([position(), fill()], now=0.0)
+    second = journal.append([fill()], now=1.0)
+
+    assert (seqs(first), seqs(second), journal.seq) == ([101, 102], [103], 103)
+
+
+def test_append_returns_stamped_copies_and_leaves_the_input_untouched() -> None:
+    journal = Journal("e-1")
+    event = fill("f-1")
+
+    (stamped,) = journal.append([event], now=0.0)
+
+    assert (event.seq, stamped.seq) == (0, 1)
+    assert stamped.data == event.data
+    assert stamped.ts == event.ts
+
+
+def test_empty_append_changes_nothing() -> None:
+    journal = Journal("e-1", seq=5)
+
+    assert (journal.append([], now=0.0), journal.seq, len(journal)) == ([], 5, 0)
+
+
+def test_retain_events_above_max_events_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot exceed"):
+        Journal("e-1", retain_events=10, max_events=5)
+
+
+# ------------------------------------------------------------------- retention
+
+
+def test_old_events_beyond_retain_events_are_trimmed() -> None:
+    journal = Journal("e-1", retain_events=3, retain_seconds=10.0)
+    filled(journal, 5, now=0.0)
+
+    filled(journal, 1, now=11.0)
+
+    assert len(journal) == 3, f"expected the 3 newest of 6 kept, got {len(journal)}"
+    assert journal.first_replayable_seq == 3
+
+
+def test_events_younger_than_retain_seconds_are_kept_beyond_retain_events() -> None:
+    journal = Journal("e-1", retain_events=2, retain_seconds=10.0)
+    filled(journal, 5, now=0.0)
+
+    filled(journal, 1, now=9.0)
+
+    assert len(journal) == 6
+
+
+def test_an_event_just_younger_than_retain_seconds_is_kept() -> None:
+    journal = Journal("e-1", retain_events=1, retain_seconds=10.0)
+    filled(journal, 3, now=0.0)
+
+    filled(journal, 1, now=9.999)
+
+    assert len(journal) == 4
+
+
+def test_at_least_retain_events_are_kept_however_old() -> None:
+    journal = Journal("e-1", retain_events=4, retain_seconds=1.0)
+    filled(journal, 4, now=0.0)
+
+    filled(journal, 1, now=1000.0)
+
+    assert len(journal) == 4
+    assert journal.first_replayable_seq == 1
+
+
+def test_max_events_bounds_even_young_events() -> None:
+    journal = Journal("e-1", retain_events=2, retain_seconds=300.0, max_events=5)
+
+    filled(journal, 8, now=0.0)
+
+    assert (len(journal), journal.first_replayable_seq, journal.seq) == (5, 3, 8)
+
+
+def test_trim_with_a_later_now_drops_expired_events() -> None:
+    journal = Journal("e-1", retain_events=1, retain_seconds=5.0)
+    filled(journal, 4, now=0.0)
+
+    journal.trim(now=6.0)
+
+    assert len(journal) == 1
+
+
+# ---------------------------------------------------------------------- resume
+
+
+def test_first_replayable_seq_of_an_empty_journal_is_its_seq() -> None:
+    journal = Journal("e-1", seq=42)
+
+    assert journal.first_replayable_seq == 42
+    assert journal.can_resume("e-1", 42)
+    assert journal.events_after(42) == []
+
+
+def test_can_resume_needs_the_same_epoch() -> None:
+    journal = Journal("e-1")
+    filled(journal, 3)
+
+    assert journal.can_resume("e-1", 1)
+    assert not journal.can_resume("e-2", 1)
+
+
+def test_can_resume_refuses_a_seq_ahead_of_the_journal() -> None:
+    journal = Journal("e-1")
+    filled(journal, 3)
+
+    assert journal.can_resume("e-1", 3)
+    assert not journal.can_resume("e-1", 4)
+
+
+def test_resume_range_excludes_trimmed_events() -> None:
+    journal = Journal("e-1", retain_events=3, retain_seconds=0.0, max_events=3)
+    filled(journal, 10)
+
+    assert journal.first_replayable_seq == 7
+    assert journal.can_resume("e-1", 7)
+    assert not journal.can_resume("e-1", 6)
+
+
+def test_events_after_returns_exactly_the_later_events() -> None:
+    journal = Journal("e-1", seq=10)
+    filled(journal, 5)
+
+    assert seqs(journal.events_after(12)) == [13, 14, 15]
+    assert journal.events_after(15) == []
+
+
+@pytest.mark.parametrize("seq", [5, 16])
+def test_events_after_outside_the_replayable_range_raises(seq: int) -> None:
+    journal = Journal("e-1", retain_events=3, max_events=3)
+    filled(journal, 10)
+    journal.append([fill()], now=0.0)
+
+    with pytest.raises(ValueError, match="outside the replayable range"):
+        journal.events_after(seq)
+
+
+# --------------------------------------------------------------------- restore
+
+
+def test_restore_loads_entries_and_continues_their_seqs() -> None:
+    journal = Journal("e-1")
+    journal.restore([(0.0, event) for event in stamp([position(), fill()], start=20)])
+
+    appended = journal.append([fill()], now=1.0)
+
+    assert (journal.first_replayable_seq, seqs(appended)) == (20, [23])
+    assert seqs(journal.events_after(20)) == [21, 22, 23]
+
+
+def test_restore_refuses_non_contiguous_entries() -> None:
+    journal = Journal("e-1")
+    first, second = stamp([position(), fill()])
+
+    with pytest.raises(ValueError, match="not contiguous"):
+        journal.restore([(0.0, first), (0.0, second), (0.0, first)])
+
+
+# --------------------------------------------------------------------- property
+
+
+@st.composite
+def journal_runs(draw: st.DrawFn) -> tuple[dict[str, float | int], list[tuple[float, list[Event]]]]:
+    retain_events = draw(st.integers(min_value=0, max_value=8))
+    params: dict[str, float | int] = {
+        "seq": draw(st.integers(min_value=0, max_value=1000)),
+        "retain_events": retain_events,
+        "retain_seconds": draw(st.sampled_from([0.0, 0.5, 1.0, 3.0])),
+        "max_events": draw(st.integers(min_value=max(retain_events, 1), max_value=16)),
+    }
+    now = 0.0
+    appends = []
+    for _ in range(draw(st.integers(min_value=0, max_value=12))):
+        now += draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0, 2.0]))
+        appends.append((now, draw(st.lists(events, max_size=5))))
+    return params, appends
+
+
+@PROPERTY
+@given(journal_runs())
+def test_journal_keeps_contiguous_seqs_replays_exactly_and_retains_as_promised(
+    run: tuple[dict[str, float | int], list[tuple[float, list[Event]]]],
+) -> None:
+    params, appends = run
+    start = int(params["seq"])
+    journal = Journal("e-1", **params)  # type: ignore[arg-type]
+    appended: list[tuple[float, Event]] = []
+    for now, batch in appends:
+        stamped = journal.append(batch, now)
+        appended.extend((now, event) for event in stamped)
+
+    # Seqs are contiguous from the start seq, and payloads are unchanged.
+    total = len(appended)
+    assert seqs([e for _, e in appended]) == list(range(start + 1, start + total + 1))
+    assert journal.seq == start + total
+    assert [e.data for _, e in appended] == [e.data for _, batch in appends for e in batch]
+
+    # Retention: at least min(retain_events, total) and everything younger than
+    # retain_seconds, never more than max_events, and always the newest ones.
+    # An event exactly retain_seconds old may go either way.
+    last_now = appends[-1][0] if appends else 0.0
+    horizon = last_now - float(params["retain_seconds"])
+    at_least = min(int(params["retain_events"]), total)
+    younger = sum(1 for at, _ in appended if at > horizon)
+    not_older = sum(1 for at, _ in appended if at >= horizon)
+    cap = int(params["max_events"])
+    low, high = min(cap, max(at_least, younger)), min(cap, max(at_least, not_older))
+    assert low <= len(journal) <= high, f"expected {low}..{high} events kept, got {len(journal)}"
+    assert journal.first_replayable_seq == journal.seq - len(journal), "the kept events are not the newest"
+
+    # events_after(s) is exactly the events with seq > s for every replayable s.
+    for s in range(journal.first_replayable_seq, journal.seq + 1):
+        assert journal.can_resume("e-1", s)
+        expected = [e for _, e in appended if e.seq > s]
+        got = journal.events_after(s)
+        assert got == expected, f"events_after({s}): expected {seqs(expected)}, got {seqs(got)}"
+    assert not journal.can_resume("e-1", journal.seq + 1)
+    if journal.first_replayable_seq > start:
+        assert not journal.can_resume("e-1", journal.first_replayable_seq - 1)
+
+
+@PROPERTY
+@given(event_sequences(max_size=20), st.integers(min_value=0, max_value=20))
+def test_restored_journal_replays_like_the_original(items: list[Event], cut: int) -> None:
+    original = Journal("e-1")
+    original.append([event for event in items], now=0.0)
+
+    restored = Journal("e-1")
+    restored.restore([(0.0, event) for event in original.events_after(0)])
+
+    s = min(cut, original.seq)
+    assert restored.seq == original.seq
+    assert restored.events_after(s) == original.events_after(s)

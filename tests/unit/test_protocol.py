@@ -1,0 +1,553 @@
+"""The wire schema: decoding, error codes, decimals, timestamps and the JSON Schema export."""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alphaflow_live.protocol import (
+    CHANNELS,
+    TIMESTAMP_PATTERN,
+    Batch,
+    Error,
+    FillEvent,
+    MessageError,
+    Ping,
+    Prices,
+    Publish,
+    Snapshot,
+    Subscribe,
+    Unsubscribe,
+    decode_admin_message,
+    decode_client_message,
+    decode_ingest_message,
+    encode,
+    format_timestamp,
+    json_schema,
+    server_message_decoder,
+    validate_channels,
+)
+
+from .factories import TS, account, fill, order, position, position_closed, publish_frame, stamp, tick, wire
+
+PROPERTY = settings(max_examples=200, deadline=None)
+
+
+def _json(value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def _decode_error(decode: Any, frame: str | bytes) -> MessageError:
+    with pytest.raises(MessageError) as caught:
+        decode(frame)
+    return caught.value
+
+
+def _publish_with_fill_data(**changes: Any) -> bytes:
+    item = wire(fill("f-1"))
+    del item["seq"]
+    item["data"].update(changes)
+    return _json({"type": "publish", "id": 9, "user_id": "alice", "events": [item]})
+
+
+# ------------------------------------------------------------- client messages
+
+
+def test_subscribe_decodes_channels_and_resume_point() -> None:
+    frame = _json(
+        {
+            "type": "subscribe",
+            "id": 1,
+            "channels": ["positions", "trades"],
+            "resume": {"epoch": "e-91b3", "seq": 1234},
+        }
+    )
+
+    message = decode_client_message(frame)
+
+    assert isinstance(message, Subscribe), f"expected Subscribe, got {message!r}"
+    assert (message.id, message.channels) == (1, ["positions", "trades"])
+    assert message.resume is not None
+    assert (message.resume.epoch, message.resume.seq) == ("e-91b3", 1234)
+
+
+def test_subscribe_without_channels_leaves_channels_none_meaning_all() -> None:
+    message = decode_client_message('{"type": "subscribe"}')
+
+    assert isinstance(message, Subscribe)
+    assert (message.id, message.channels, message.resume) == (None, None, None)
+
+
+def test_unsubscribe_and_ping_decode_with_string_ids() -> None:
+    unsubscribe = decode_client_message('{"type": "unsubscribe", "id": "u-2", "channels": ["trades"]}')
+    ping = decode_client_message('{"type": "ping", "id": "p-3"}')
+
+    assert unsubscribe == Unsubscribe(id="u-2", channels=["trades"])
+    assert ping == Ping(id="p-3")
+
+
+def test_invalid_json_is_reported_as_invalid_json() -> None:
+    error = _decode_error(decode_client_message, '{"type": "ping", ')
+
+    assert error.code == "invalid_json", f"expected invalid_json, got {error.code}: {error.message}"
+    assert error.ref is None
+
+
+def test_invalid_utf8_is_reported_as_invalid_json() -> None:
+    error = _decode_error(decode_client_message, b'{"type": "\xff"}')
+
+    assert error.code == "invalid_json"
+
+
+@pytest.mark.parametrize("frame", ['[{"type": "ping"}]', '"ping"', "7", "null"])
+def test_a_frame_that_is_not_an_object_is_invalid_message(frame: str) -> None:
+    error = _decode_error(decode_client_message, frame)
+
+    assert error.code == "invalid_message", f"expected invalid_message, got {error.code}: {error.message}"
+
+
+def test_unknown_type_is_reported_with_ref_echoing_the_id() -> None:
+    error = _decode_error(decode_client_message, '{"type": "subscribe_all", "id": 7}')
+
+    assert (error.code, error.ref) == ("unknown_type", 7)
+    assert "subscribe_all" in error.message
+
+
+def test_missing_type_is_reported_as_unknown_type() -> None:
+    error = _decode_error(decode_client_message, '{"id": "x-1"}')
+
+    assert (error.code, error.ref) == ("unknown_type", "x-1")
+
+
+def test_a_server_message_type_sent_by_a_client_is_unknown_type() -> None:
+    error = _decode_error(decode_client_message, '{"type": "welcome", "id": 4}')
+
+    assert (error.code, error.ref) == ("unknown_type", 4)
+
+
+@pytest.mark.parametrize("type_value", [["ping"], {"ping": 1}])
+def test_a_type_that_is_a_json_array_or_object_is_unknown_type_with_ref(type_value: Any) -> None:
+    error = _decode_error(decode_client_message, _json({"type": type_value, "id": 7}))
+
+    assert (error.code, error.ref) == ("unknown_type", 7)
+
+
+def test_missing_required_field_is_invalid_message_with_ref() -> None:
+    error = _decode_error(decode_client_message, '{"type": "unsubscribe", "id": 2}')
+
+    assert (error.code, error.ref) == ("invalid_message", 2)
+    assert "channels" in error.message
+
+
+def test_channels_that_are_not_a_list_are_invalid_message() -> None:
+    error = _decode_error(decode_client_message, '{"type": "subscribe", "id": 3, "channels": "trades"}')
+
+    assert (error.code, error.ref) == ("invalid_message", 3)
+
+
+def test_negative_resume_seq_is_invalid_message() -> None:
+    frame = '{"type": "subscribe", "id": 5, "resume": {"epoch": "e-1", "seq": -1}}'
+
+    error = _decode_error(decode_client_message, frame)
+
+    assert (error.code, error.ref) == ("invalid_message", 5)
+
+
+@pytest.mark.parametrize("ref", [True, None, 1.5, [1]])
+def test_an_id_that_is_not_an_int_or_string_is_not_echoed_as_ref(ref: Any) -> None:
+    error = _decode_error(decode_client_message, _json({"type": "nope", "id": ref}))
+
+    assert error.code == "unknown_type"
+    assert error.ref is None, f"expected no ref, got {error.ref!r}"
+
+
+def test_message_error_to_error_carries_ref_only_when_there_is_one() -> None:
+    with_ref = MessageError("invalid_message", "bad", 7).to_error()
+    without_ref = MessageError("invalid_json", "bad").to_error()
+
+    assert encode(with_ref) == b'{"type":"error","code":"invalid_message","message":"bad","ref":7}'
+    assert encode(without_ref) == b'{"type":"error","code":"invalid_json","message":"bad"}'
+
+
+def test_admin_messages_decode() -> None:
+    message = decode_admin_message('{"type": "set_streaming", "id": 1, "enabled": false}')
+
+    assert (type(message).__name__, message.id, getattr(message, "enabled", None)) == (
+        "SetStreaming",
+        1,
+        False,
+    )
+
+
+# ------------------------------------------------------------------ channels
+
+
+def test_validate_channels_returns_protocol_order_without_duplicates() -> None:
+    got = validate_channels(["trades", "positions", "trades", "account"])
+
+    assert got == ["positions", "account", "trades"]
+
+
+def test_validate_channels_accepts_an_empty_list() -> None:
+    assert validate_channels([]) == []
+
+
+def test_validate_channels_names_every_unknown_channel() -> None:
+    with pytest.raises(MessageError) as caught:
+        validate_channels(["positions", "quotes", "news"])
+
+    assert caught.value.code == "invalid_channel"
+    assert "'quotes'" in caught.value.message
+    assert "'news'" in caught.value.message
+
+
+@PROPERTY
+@given(st.lists(st.sampled_from(CHANNELS)))
+def test_validate_channels_is_the_sorted_set_of_valid_names(names: list[str]) -> None:
+    got = validate_channels(names)
+
+    expected = [channel for channel in CHANNELS if channel in names]
+    assert got == expected, f"expected {expected}, got {got}"
+
+
+# -------------------------------------------------------------------- ingest
+
+
+def test_publish_decodes_every_event_type_with_seq_zero() -> None:
+    events = [position(), position_closed("MSFT"), order(), account(), fill("f-1")]
+
+    message = decode_ingest_message(publish_frame(events))
+
+    assert isinstance(message, Publish)
+    assert (message.id, message.user_id) == (9, "alice")
+    assert message.events == events
+
+
+def test_prices_decode() -> None:
+    frame = _json({"type": "prices", "id": 10, "prices": [wire(tick("AAPL", "189.10"))]})
+
+    message = decode_ingest_message(frame)
+
+    assert message == Prices(id=10, prices=[tick("AAPL", "189.10")])
+
+
+def test_decimal_strings_round_trip_exactly() -> None:
+    frame = publish_frame([fill("f-1", price="187.20", qty="0.500")])
+
+    message = decode_ingest_message(frame)
+    assert isinstance(message, Publish)
+    event = message.events[0]
+    assert isinstance(event, FillEvent)
+    out = wire(event)
+
+    assert event.data.price == Decimal("187.20")
+    assert str(event.data.price) == "187.20"
+    assert (out["data"]["price"], out["data"]["qty"]) == ("187.20", "0.500")
+
+
+@PROPERTY
+@given(
+    st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=-(10**9), max_value=10**9).map(str)
+)
+def test_any_finite_decimal_string_survives_decode_and_encode_unchanged(price: str) -> None:
+    item = wire(position(price="1.00"))
+    item["data"]["current_price"] = price
+    del item["seq"]
+    frame = _json({"type": "publish", "user_id": "alice", "events": [item]})
+
+    message = decode_ingest_message(frame)
+    assert isinstance(message, Publish)
+    got = wire(message.events[0])["data"]["current_price"]
+
+    assert got == price, f"expected {price!r}, got {got!r}"
+
+
+@pytest.mark.parametrize("value", [187.2, 187, 0])
+def test_json_number_for_money_in_publish_is_invalid_message(value: float) -> None:
+    error = _decode_error(decode_ingest_message, _publish_with_fill_data(price=value))
+
+    assert (error.code, error.ref) == ("invalid_message", 9)
+    assert "$.events[0].data.price" in error.message
+
+
+def test_json_number_for_a_price_tick_is_invalid_message() -> None:
+    frame = _json({"type": "prices", "id": 10, "prices": [{"symbol": "AAPL", "price": 189.1, "ts": TS}]})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert (error.code, error.ref) == ("invalid_message", 10)
+    assert "$.prices[0].price" in error.message
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "sNaN", "Infinity", "-Infinity", "inf"])
+def test_nan_or_infinite_decimal_is_invalid_message(value: str) -> None:
+    error = _decode_error(decode_ingest_message, _publish_with_fill_data(position_qty=value))
+
+    assert (error.code, error.ref) == ("invalid_message", 9)
+
+
+@pytest.mark.parametrize("value", ["abc", "", "1,5", "0x10"])
+def test_a_string_that_is_not_a_decimal_is_invalid_message(value: str) -> None:
+    error = _decode_error(decode_ingest_message, _publish_with_fill_data(price=value))
+
+    assert error.code == "invalid_message"
+
+
+@pytest.mark.parametrize(("field", "value"), [("qty", "0"), ("qty", "-1"), ("price", "0.00")])
+def test_fill_qty_and_price_must_be_above_zero(field: str, value: str) -> None:
+    error = _decode_error(decode_ingest_message, _publish_with_fill_data(**{field: value}))
+
+    assert error.code == "invalid_message"
+    assert field in error.message
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "2026-01-04T14:03:11.120",  # no Z
+        "2026-01-04T14:03:11Z",  # no millis
+        "2026-01-04T14:03:11.12Z",  # two decimals
+        "2026-01-04T14:03:11.120+00:00",  # offset instead of Z
+        "2026-01-04 14:03:11.120Z",  # space instead of T
+        "2026-13-04T14:03:11.120Z",  # month 13
+        "2026-01-04T24:03:11.120Z",  # hour 24
+        "2026-01-04T14:03:11.120z",  # lowercase z
+    ],
+)
+def test_bad_event_timestamp_is_invalid_message(timestamp: str) -> None:
+    item = wire(fill("f-1"))
+    del item["seq"]
+    item["ts"] = timestamp
+    frame = _json({"type": "publish", "id": 9, "user_id": "alice", "events": [item]})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert (error.code, error.ref) == ("invalid_message", 9), f"{timestamp!r} was not rejected as expected"
+
+
+@pytest.mark.parametrize("timestamp", ["2026-01-04T14:03:11.120Z", "2026-01-04T14:03:11.120123456Z"])
+def test_millisecond_to_nanosecond_timestamps_are_accepted_unchanged(timestamp: str) -> None:
+    message = decode_ingest_message(publish_frame([fill("f-1", at=timestamp)]))
+
+    assert isinstance(message, Publish)
+    assert message.events[0].ts == timestamp
+
+
+def test_a_timestamp_with_a_trailing_newline_is_invalid_message() -> None:
+    error = _decode_error(decode_ingest_message, publish_frame([fill("f-1", at=TS + "\n")]))
+
+    assert error.code == "invalid_message"
+
+
+@pytest.mark.parametrize("timestamp", ["2026-02-31T14:03:11.120Z", "2026-04-31T00:00:00.000Z"])
+def test_an_impossible_calendar_date_is_invalid_message(timestamp: str) -> None:
+    event = wire(fill("f-1"))
+    del event["seq"]
+    event["data"]["timestamp"] = timestamp
+    frame = _json({"type": "publish", "id": 1, "user_id": "alice", "events": [event]})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert error.code == "invalid_message"
+    assert "not a real date" in error.message
+
+
+def test_publish_is_all_or_nothing_one_invalid_event_rejects_the_message() -> None:
+    good = [wire(e) for e in (position(), fill("f-1"), account())]
+    bad = wire(fill("f-2"))
+    bad["data"]["price"] = "NaN"
+    items = [*good[:2], bad, good[2]]
+    for item in items:
+        del item["seq"]
+    frame = _json({"type": "publish", "id": 11, "user_id": "alice", "events": items})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert (error.code, error.ref) == ("invalid_message", 11)
+    assert "$.events[2]" in error.message, f"expected the error to point at events[2], got {error.message}"
+
+
+def test_publish_with_one_number_among_valid_events_is_rejected() -> None:
+    items = [wire(e) for e in (position(), fill("f-1"))]
+    items[1]["data"]["qty"] = 10
+    for item in items:
+        del item["seq"]
+    frame = _json({"type": "publish", "id": 12, "user_id": "alice", "events": items})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert (error.code, error.ref) == ("invalid_message", 12)
+    assert "$.events[1].data.qty" in error.message
+
+
+def test_publish_without_events_is_invalid_message() -> None:
+    frame = _json({"type": "publish", "id": 13, "user_id": "alice", "events": []})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert (error.code, error.ref) == ("invalid_message", 13)
+
+
+def test_event_whose_channel_does_not_match_its_type_is_invalid_message() -> None:
+    item = wire(fill("f-1"))
+    item["channel"] = "positions"
+    frame = _json({"type": "publish", "id": 14, "user_id": "alice", "events": [item]})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert error.code == "invalid_message"
+
+
+def test_unknown_event_type_in_publish_is_invalid_message() -> None:
+    item = wire(fill("f-1"))
+    item["type"] = "dividend"
+    frame = _json({"type": "publish", "id": 15, "user_id": "alice", "events": [item]})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert (error.code, error.ref) == ("invalid_message", 15)
+
+
+@pytest.mark.parametrize("user_id", ["", "al ice", "a" * 65, "alice/../bob"])
+def test_publish_for_an_invalid_user_id_is_invalid_message(user_id: str) -> None:
+    frame = _json({"type": "publish", "id": 16, "user_id": user_id, "events": [wire(fill("f-1"))]})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert error.code == "invalid_message"
+
+
+def test_a_client_message_on_the_ingest_stream_is_unknown_type() -> None:
+    error = _decode_error(decode_ingest_message, '{"type": "subscribe", "id": 1}')
+
+    assert (error.code, error.ref) == ("unknown_type", 1)
+
+
+# ------------------------------------------------------------ server messages
+
+
+def test_batch_round_trips_through_the_server_message_decoder() -> None:
+    batch = Batch(
+        epoch="e-1",
+        from_seq=0,
+        to_seq=5,
+        server_time=TS,
+        events=stamp([position(), position_closed(), order(), account(), fill("f-1")]),
+    )
+
+    got = server_message_decoder.decode(encode(batch))
+
+    assert got == batch
+
+
+def test_snapshot_leaves_out_channels_that_are_not_set() -> None:
+    snapshot = Snapshot(epoch="e-1", seq=3, server_time=TS, positions=[position().data], account=None)
+
+    got = wire(snapshot)
+
+    assert got == {
+        "type": "snapshot",
+        "epoch": "e-1",
+        "seq": 3,
+        "server_time": TS,
+        "positions": [wire(position().data)],
+        "account": None,
+    }
+
+
+def test_event_envelope_has_seq_channel_type_ts_and_data() -> None:
+    event = stamp([position()], start=1234)[0]
+
+    got = wire(event)
+
+    assert set(got) == {"seq", "channel", "type", "ts", "data"}
+    assert (got["seq"], got["channel"], got["type"], got["ts"]) == (1235, "positions", "position", TS)
+
+
+def test_error_message_omits_ref_when_unset() -> None:
+    assert wire(Error(code="internal", message="boom")) == {
+        "type": "error",
+        "code": "internal",
+        "message": "boom",
+    }
+
+
+# ---------------------------------------------------------------- timestamps
+
+
+def test_format_timestamp_has_three_decimals_and_z() -> None:
+    assert format_timestamp(1_767_535_391.12) == "2026-01-04T14:03:11.120Z"
+
+
+def test_format_timestamp_of_a_whole_second_has_000_millis() -> None:
+    assert format_timestamp(1_767_535_391.0) == "2026-01-04T14:03:11.000Z"
+
+
+def test_format_timestamp_carries_rounded_up_millis_into_the_next_second() -> None:
+    assert format_timestamp(1_767_535_391.9996) == "2026-01-04T14:03:12.000Z"
+
+
+@PROPERTY
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False, allow_infinity=False))
+def test_format_timestamp_always_matches_the_protocol_pattern_within_half_a_millisecond(
+    seconds: float,
+) -> None:
+    got = format_timestamp(seconds)
+
+    assert re.fullmatch(TIMESTAMP_PATTERN.rstrip("$"), got), f"{got!r} does not match the protocol pattern"
+    whole, millis = got[:-5], int(got[-4:-1])
+    parsed = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + millis / 1000
+    assert abs(parsed - seconds) <= 0.0005 + 1e-6, f"{seconds} formatted as {got}"
+
+
+# --------------------------------------------------------------- JSON Schema
+
+
+def test_json_schema_describes_every_message_type() -> None:
+    schema = json_schema()
+
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    names = {ref["$ref"].rsplit("/", 1)[1] for ref in schema["oneOf"]}
+    expected = {
+        "Welcome",
+        "Subscribed",
+        "Snapshot",
+        "Batch",
+        "Heartbeat",
+        "Pong",
+        "Error",
+        "Subscribe",
+        "Unsubscribe",
+        "Ping",
+        "Publish",
+        "Prices",
+        "Ack",
+        "SetStreaming",
+        "GetStats",
+        "Stats",
+    }
+    assert names == expected, f"missing {expected - names}, extra {names - expected}"
+    assert names <= set(schema["$defs"])
+
+
+def test_json_schema_states_decimals_as_strings_and_the_timestamp_pattern() -> None:
+    defs = json_schema()["$defs"]
+
+    price = defs["Fill"]["properties"]["price"]
+    stamp_field = defs["Fill"]["properties"]["timestamp"]
+    assert price["type"] == "string", f"expected a string type for decimals, got {price}"
+    assert stamp_field["pattern"] == TIMESTAMP_PATTERN
+
+
+def test_json_schema_is_json_serialisable() -> None:
+    encoded = msgspec.json.encode(json_schema())
+
+    assert msgspec.json.decode(encoded)["title"] == "AlphaFlow Live wire protocol v1"

@@ -3,130 +3,41 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws/portfolio"
 
 
-def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
-    raw = os.environ.get(f"ALPHAFLOW_{name}")
-    if raw is None or raw == "":
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise SystemExit(f"alphaflow-live: ALPHAFLOW_{name}={raw!r} is not valid") from None
-
-
-def _env_flag(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
-
-
-def _default_users_file() -> Path:
-    from alphaflow_server.config import default_users_file
-
-    return Path(_env("USERS_FILE", default_users_file()))
-
-
-def _users_file_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--users-file",
-        type=Path,
-        default=None,
-        help="users and token hashes (default: $ALPHAFLOW_USERS_FILE or the user data dir)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from alphaflow_server import command
+
     parser = argparse.ArgumentParser(
         prog="alphaflow-live", description="AlphaFlow Live: live portfolios in Jupyter."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the stream server")
-    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=_env("PORT", 8765, int), help="0 picks a free port")
-    serve.add_argument(
-        "--source",
-        choices=["none", "sim"],
-        default=_env("SOURCE", "none"),
-        help="where trading events come from besides /ws/ingest",
-    )
-    _users_file_argument(serve)
-    serve.add_argument("--batch-window-ms", type=int, default=_env("BATCH_WINDOW_MS", 250, int))
-    serve.add_argument(
-        "--no-leading-edge",
-        action="store_true",
-        default=_env("NO_LEADING_EDGE", False, _env_flag),
-        help="make every batch wait a full window (no immediate send of isolated events)",
-    )
-    serve.add_argument("--max-connections", type=int, default=_env("MAX_CONNECTIONS", 100, int))
-    serve.add_argument("--max-per-user", type=int, default=_env("MAX_PER_USER", 5, int))
-    serve.add_argument("--heartbeat-s", type=float, default=_env("HEARTBEAT_S", 15.0, float))
-    serve.add_argument(
-        "--disable-streaming",
-        action="store_true",
-        default=_env("DISABLE_STREAMING", False, _env_flag),
-        help="start with streaming off (REST snapshot only)",
-    )
-    serve.add_argument(
-        "--max-backlog-bytes",
-        type=int,
-        default=_env("MAX_BACKLOG_BYTES", 4 * 1024 * 1024, int),
-        help="per-connection queued bytes before a slow client is resynchronised",
-    )
-    serve.add_argument(
-        "--slow-client-timeout-s",
-        type=float,
-        default=_env("SLOW_CLIENT_TIMEOUT_S", 30.0, float),
-        help="how long a slow client's socket may take to drain before close 1013",
-    )
-    serve.add_argument(
-        "--no-compression",
-        action="store_true",
-        default=_env("NO_COMPRESSION", False, _env_flag),
-        help="do not offer permessage-deflate",
-    )
-    serve.add_argument(
-        "--retain-events",
-        type=int,
-        default=_env("RETAIN_EVENTS", 10_000, int),
-        help="replay buffer per user: at least this many events ...",
-    )
-    serve.add_argument(
-        "--retain-seconds",
-        type=float,
-        default=_env("RETAIN_SECONDS", 300.0, float),
-        help="... or this many seconds of them, whichever is more",
-    )
-    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    command.add_arguments(serve)
 
     users = commands.add_parser("users", help="manage users and their tokens")
     user_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     add = user_commands.add_parser("add", help="create a user and print its token (shown once)")
     add.add_argument("name")
     add.add_argument("--role", choices=["user", "service", "admin"], default="user")
-    _users_file_argument(add)
+    command.users_file_argument(add)
     listing = user_commands.add_parser("list", help="list users and roles")
-    _users_file_argument(listing)
+    command.users_file_argument(listing)
     remove = user_commands.add_parser("remove", help="delete a user (its token stops working)")
     remove.add_argument("name")
-    _users_file_argument(remove)
+    command.users_file_argument(remove)
     rotate = user_commands.add_parser("rotate", help="replace a user's token and print the new one")
     rotate.add_argument("name")
-    _users_file_argument(rotate)
+    command.users_file_argument(rotate)
 
     admin = commands.add_parser("admin", help="operate a running server (token from ALPHAFLOW_ADMIN_TOKEN)")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
@@ -152,70 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        from alphaflow_server.app import StreamServer
-        from alphaflow_server.auth import UsersFileError, UsersFileWatcher
-        from alphaflow_server.config import ServerConfig
-        from alphaflow_server.logs import configure_logging
-    except ImportError as exc:
-        print(
-            f"alphaflow-live serve: the server needs its extra: pip install 'alphaflow-live[server]' ({exc})",
-            file=sys.stderr,
-        )
-        return 2
-    if args.source == "sim":
-        print(
-            "alphaflow-live serve: --source sim needs the market simulator, "
-            "which this build does not have yet; use --source none and publish on /ws/ingest",
-            file=sys.stderr,
-        )
-        return 2
-    configure_logging(args.log_level)
-    users_file = args.users_file or _default_users_file()
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        source=args.source,
-        users_file=users_file,
-        batch_window_ms=args.batch_window_ms,
-        leading_edge=not args.no_leading_edge,
-        max_connections=args.max_connections,
-        max_per_user=args.max_per_user,
-        heartbeat_s=args.heartbeat_s,
-        disable_streaming=args.disable_streaming,
-        max_backlog_bytes=args.max_backlog_bytes,
-        slow_client_timeout_s=args.slow_client_timeout_s,
-        compression=not args.no_compression,
-        retain_events=args.retain_events,
-        retain_seconds=args.retain_seconds,
-    )
-    try:
-        watcher = UsersFileWatcher(users_file)
-    except UsersFileError as exc:
-        print(f"alphaflow-live serve: {exc}", file=sys.stderr)
-        return 2
-    if len(watcher.store) == 0:
-        print(
-            f"alphaflow-live serve: no users in {users_file}; create one with "
-            f"'alphaflow-live users add NAME --users-file {users_file}'",
-            file=sys.stderr,
-        )
-    server = StreamServer(config, watcher)
-    try:
-        asyncio.run(server.run_until_signalled())
-    except OSError as exc:
-        print(
-            f"alphaflow-live serve: cannot listen on {args.host}:{args.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    from alphaflow_server import command
+
+    return command.run(args)
 
 
 def _users(args: argparse.Namespace) -> int:
     from alphaflow_server.auth import UsersFileError, load_users_file, save_users_file
+    from alphaflow_server.config import default_users_file
 
-    path: Path = args.users_file or _default_users_file()
+    path: Path = args.users_file or default_users_file()
     try:
         store = load_users_file(path)
     except UsersFileError as exc:

@@ -138,7 +138,9 @@ class PortfolioState:
         start = max(0, len(self.fills) - limit)
         return list(itertools.islice(self.fills, start, None))
 
-    def to_snapshot(self, server_time: str, channels: Iterable[str] = CHANNELS) -> Snapshot:
+    def to_snapshot(
+        self, server_time: str, channels: Iterable[str] = CHANNELS, *, max_fills: int = MAX_SNAPSHOT_FILLS
+    ) -> Snapshot:
         if self.epoch is None or self.seq is None:
             raise ValueError("no epoch and seq yet: the state has never been synchronised")
         wanted = set(channels)
@@ -150,5 +152,5 @@ class PortfolioState:
         if "account" in wanted:
             snapshot.account = self.account
         if "trades" in wanted:
-            snapshot.fills = self.recent_fills()
+            snapshot.fills = self.recent_fills(max_fills)
         return snapshot

@@ -14,6 +14,7 @@ import secrets
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -32,17 +33,21 @@ from alphaflow_live.protocol import (
     StatsReport,
     decode_admin_message,
     decode_ingest_message,
+    encode,
     format_timestamp,
 )
 
 from .auth import Principal, Role, UsersFileWatcher
 from .bus import EventBus, JournalOptions
 from .config import ServerConfig
+from .engine import PortfolioEngine
 from .http_api import TOKEN_QUERY_PARAMETERS, bearer_or_cookie, json_response, refusal, response
+from .ledger import Ledger
 from .limits import ConnectionLimiter, Refusal
 from .rpc import serve_requests
 from .session import CLOSE_STREAMING_DISABLED, PortfolioSession
 from .stats import Health, ServerStats, StatsCollector
+from .store import MemoryStore, StateStore
 
 log = logging.getLogger("alphaflow.server")
 
@@ -67,13 +72,17 @@ def new_epoch() -> str:
 
 
 class StreamServer:
-    def __init__(self, config: ServerConfig, users: UsersFileWatcher) -> None:
+    def __init__(
+        self, config: ServerConfig, users: UsersFileWatcher, store: StateStore | None = None
+    ) -> None:
         self.config = config
         self.users = users
         self.bus = EventBus(
             new_epoch=new_epoch,
             journal=JournalOptions(retain_events=config.retain_events, retain_seconds=config.retain_seconds),
         )
+        self.engine = PortfolioEngine()
+        self.ledger = Ledger(self.bus, self.engine, store or MemoryStore())
         self.stats = ServerStats(started_at=time.monotonic())
         self.health = Health()
         self.limiter = ConnectionLimiter(max_total=config.max_connections, max_per_user=config.max_per_user)
@@ -83,6 +92,8 @@ class StreamServer:
         self._admitted: dict[ServerConnection, Admission] = {}
         self._server: Server | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._sources: dict[str, Callable[[StreamServer], Awaitable[None]]] = {}
+        self._source_tasks: list[asyncio.Task[None]] = []
         self._metrics_registry: Any = None
         self.port: int | None = None
 
@@ -90,6 +101,17 @@ class StreamServer:
 
     async def start(self) -> None:
         config = self.config
+        loaded = self.ledger.store.load()
+        restored = self.ledger.restore(
+            loaded,
+            retain_events=config.retain_events,
+            retain_seconds=config.retain_seconds,
+            now=asyncio.get_running_loop().time(),
+        )
+        if restored:
+            log.info("event=state_restored users=%d", restored)
+        if not config.disable_streaming and loaded.meta.get("streaming_enabled") == "false":
+            self.set_streaming(False)
         self._server = await serve(
             self._handle,
             config.host,
@@ -106,28 +128,57 @@ class StreamServer:
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = asyncio.create_task(self._tick_loop(), name="heartbeats")
         log.info("listening on ws://%s:%d", _host_for_url(config.host), self.port)
+        for name, run in self._sources.items():
+            self._source_tasks.append(asyncio.create_task(self._run_source(name, run), name=f"source-{name}"))
 
     async def close(self) -> None:
         """Close every connection with 1001 and stop serving."""
         self.health.set("server", "offline", "shutting down")
+        for task in self._source_tasks:
+            task.cancel()
+        await asyncio.gather(*self._source_tasks, return_exceptions=True)
         if self._ticker is not None:
             self._ticker.cancel()
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
+        self.ledger.checkpoint_all()
+        self.ledger.store.close()
         log.info("event=stopped")
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(self, on_ready: Callable[[StreamServer], None] | None = None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        if on_ready is not None:
+            on_ready(self)
         try:
             await stop.wait()
         finally:
             log.info("event=shutdown reason=signal")
             await self.close()
+
+    # --------------------------------------------------------------- sources
+
+    def add_source(self, name: str, run: Callable[[StreamServer], Awaitable[None]]) -> None:
+        """A coroutine that feeds events through ``ingest_local`` while the server runs."""
+        self._sources[name] = run
+
+    async def ingest_local(self, message: Publish | Prices) -> Ack:
+        """Ingest a message from an in-process source through the same path as /ws/ingest
+        (encoded and decoded, so it is validated exactly as a remote publisher's would be)."""
+        return await self._ingest(decode_ingest_message(encode(message)))
+
+    async def _run_source(self, name: str, run: Callable[[StreamServer], Awaitable[None]]) -> None:
+        try:
+            await run(self)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("event=source_failed source=%s", name)
+            self.health.set(f"source:{name}", "degraded", f"source stopped: {exc}")
 
     async def _tick_loop(self) -> None:
         interval = min(1.0, max(0.05, self.config.heartbeat_s / 4))
@@ -140,8 +191,10 @@ class StreamServer:
 
     # ---------------------------------------------------------- feature flag
 
-    def set_streaming(self, enabled: bool) -> None:
+    def set_streaming(self, enabled: bool, *, persist: bool = False) -> None:
         self.streaming_enabled = enabled
+        if persist:
+            self.ledger.set_meta("streaming_enabled", "true" if enabled else "false")
         if enabled:
             self.health.set("streaming", "healthy")
         else:
@@ -350,18 +403,19 @@ class StreamServer:
     async def _ingest(self, message: Publish | Prices) -> Ack:
         now = asyncio.get_running_loop().time()
         if isinstance(message, Publish):
-            stamped = self.bus.publish(message.user_id, message.events, now)
-            self.stats.events_in += len(stamped)
-            return Ack(id=message.id, seqs=[event.seq for event in stamped])
-        # Price ticks move marks through the portfolio engine; with no engine
-        # attached there is nothing to recompute, and the ticks are acknowledged.
+            seqs = self.ledger.publish(message.user_id, message.events, now)
+            self.stats.events_in += len(message.events)
+            return Ack(id=message.id, seqs=seqs)
+        self.ledger.prices(message.prices, now)
+        self.stats.events_in += len(message.prices)
+        # The repriced positions belong to many users' sequences: no seqs to report.
         return Ack(id=message.id, seqs=[])
 
     async def _admin(self, message: SetStreaming | GetStats) -> Ack | Stats:
         if isinstance(message, SetStreaming):
             if message.enabled != self.streaming_enabled:
                 log.warning("event=streaming_flag enabled=%s", str(message.enabled).lower())
-            self.set_streaming(message.enabled)
+            self.set_streaming(message.enabled, persist=True)
             return Ack(id=message.id)
         if isinstance(message, GetStats):
             report = self.stats_report()

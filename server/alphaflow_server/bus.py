@@ -77,10 +77,17 @@ class EventBus:
             stream = self._users[user_id] = UserStream(user_id, journal, state)
         return stream
 
-    def publish(self, user_id: str, events: Sequence[Event], now: float) -> list[Event]:
-        """Journal, apply and fan out; returns the events as stamped with their seqs."""
+    def append(self, user_id: str, events: Sequence[Event], now: float) -> list[Event]:
+        """Stamp the events with the user's next seqs and journal them (not yet delivered)."""
+        return self.user(user_id).journal.append(events, now)
+
+    def rollback(self, user_id: str, seq: int) -> None:
+        """Forget what was appended after ``seq`` (its commit failed; nothing was delivered)."""
+        self.user(user_id).journal.truncate_after(seq)
+
+    def deliver(self, user_id: str, stamped: Sequence[Event], now: float) -> None:
+        """Apply appended events to the user's state and hand them to every connection."""
         stream = self.user(user_id)
-        stamped = stream.journal.append(events, now)
         stream.state.apply_events(stamped)
         stream.state.seq = stream.journal.seq
         for listener in list(stream.listeners):
@@ -90,7 +97,17 @@ class EventBus:
                 # A broken connection must not stop the others or lose the events:
                 # they are journaled already and the client can resume.
                 log.exception("event=listener_failed user=%s", user_id)
+
+    def publish(self, user_id: str, events: Sequence[Event], now: float) -> list[Event]:
+        """Append and deliver at once, for callers with nothing to commit in between."""
+        stamped = self.append(user_id, events, now)
+        self.deliver(user_id, stamped, now)
         return stamped
+
+    def adopt(self, user_id: str, journal: Journal, state: PortfolioState) -> UserStream:
+        """Install a user's stream restored from durable state."""
+        stream = self._users[user_id] = UserStream(user_id, journal, state)
+        return stream
 
     def subscribe(self, user_id: str, listener: Listener) -> Callable[[], None]:
         stream = self.user(user_id)

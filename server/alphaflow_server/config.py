@@ -12,6 +12,10 @@ def default_users_file() -> Path:
     return Path(platformdirs.user_data_dir("alphaflow-live")) / "users.json"
 
 
+def default_state_dir() -> Path:
+    return Path(platformdirs.user_data_dir("alphaflow-live")) / "state"
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"

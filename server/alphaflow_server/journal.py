@@ -68,6 +68,12 @@ class Journal:
         if self._entries:
             self.seq = max(self.seq, self._entries[-1][1].seq)
 
+    def truncate_after(self, seq: int) -> None:
+        """Drop entries above ``seq`` and make it the current seq again."""
+        while self._entries and self._entries[-1][1].seq > seq:
+            self._entries.pop()
+        self.seq = seq
+
     def trim(self, now: float) -> None:
         entries = self._entries
         horizon = now - self._retain_seconds

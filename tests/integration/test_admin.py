@@ -7,32 +7,23 @@ import json
 
 import pytest
 
-from alphaflow_live.protocol import Ack, Stats, admin_reply_decoder
+from alphaflow_live.protocol import Ack, Stats
 from tests.support import admin
 from tests.support import events as ev
+from tests.support.admin import admin_request
 from tests.support.cli import run_cli
 from tests.support.client import (
     Publisher,
     StreamClient,
     auth,
     http_get,
-    open_ws,
     refusal,
     rest_snapshot,
-    send,
 )
 from tests.support.server import Tokens
 from tests.support.wait import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def admin_request(server, tokens: Tokens, payload: dict) -> Ack | Stats:
-    ws = await open_ws(server.ws_base, "/ws/admin", tokens.admin)
-    await send(ws, payload)
-    reply = admin_reply_decoder.decode(await asyncio.wait_for(ws.recv(), 10))
-    await ws.close()
-    return reply
 
 
 async def test_switching_streaming_off_closes_streams_with_4003_and_refuses_new_ones(

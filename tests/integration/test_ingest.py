@@ -30,7 +30,8 @@ async def test_a_publish_is_acknowledged_with_the_seqs_it_was_given(start_server
     second = await publisher.publish("alice", [ev.account()])
     other_user = await publisher.publish("bob", [ev.account()])
 
-    assert (first, second, other_user) == ([1, 2], [3], [1])
+    # fill, its derived position, the published position, then the account they changed
+    assert (first, second, other_user) == ([1, 2, 3, 4], [5], [1])
 
 
 async def test_one_invalid_event_rejects_the_whole_publish_and_changes_nothing(

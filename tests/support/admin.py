@@ -7,7 +7,9 @@ from typing import Any
 
 import msgspec
 
-from .client import http_get
+from alphaflow_live.protocol import Ack, Stats, admin_reply_decoder
+
+from .client import http_get, open_ws, send
 
 
 async def stats(http_base: str, admin_token: str) -> dict[str, Any]:
@@ -15,3 +17,12 @@ async def stats(http_base: str, admin_token: str) -> dict[str, Any]:
     assert status == 200, f"stats: HTTP {status} {body!r}"
     result: dict[str, Any] = msgspec.json.decode(body)
     return result
+
+
+async def admin_request(server: Any, tokens: Any, payload: dict[str, Any]) -> Ack | Stats:
+    """One request on /ws/admin and its reply."""
+    ws = await open_ws(server.ws_base, "/ws/admin", tokens.admin)
+    await send(ws, payload)
+    reply: Ack | Stats = admin_reply_decoder.decode(await asyncio.wait_for(ws.recv(), 10))
+    await ws.close()
+    return reply

@@ -48,12 +48,18 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
+    state_dir: Path = Path()
+
+    def __post_init__(self) -> None:
+        if self.state_dir == Path():
+            self.state_dir = self.log_path.with_suffix(".state")
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
+        # Defaults for a quiet, isolated server; flags in self.args come later and win.
         command = [
             sys.executable, "-m", "alphaflow_live.cli", "serve",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--users-file", str(self.users_file), *self.args,
+            "--host", "127.0.0.1", "--port", str(self.port), "--source", "none",
+            "--users-file", str(self.users_file), "--state-dir", str(self.state_dir), *self.args,
         ]  # fmt: skip
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")

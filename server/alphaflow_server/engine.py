@@ -1,0 +1,366 @@
+"""PortfolioEngine: fills and prices in, position and account events out (no I/O).
+
+Per user the engine holds a book: signed quantities and average entry prices,
+cash, realized P&L today and the equity the day started with. All arithmetic
+is ``decimal.Decimal`` at 34 significant digits; values are quantized only
+when they leave the engine as events:
+
+* money (market value, cost basis, P&L, cash, equity …): 4 decimal places,
+  finer than cents so fractional shares keep their sub-cent value;
+* prices (average entry, current): 6 decimal places;
+* ratios (``unrealized_plpc``, ``change_today``): 6 decimal places;
+* quantities: as they came (a fill's qty is never rounded).
+
+Sign conventions are Alpaca's: a short position has a negative ``qty``,
+``market_value`` and ``cost_basis``; ``short_market_value`` is the (negative)
+sum of short market values, so equity = cash + long_market_value +
+short_market_value, i.e. cash + long value − |short value|.
+
+Average entry: weighted on adds, unchanged on reductions, reset to the fill
+price when a fill flips the position through zero. Realized P&L is
+(fill price − average entry) × closed quantity, signed by the side closed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import msgspec
+
+from alphaflow_live.protocol import (
+    Account,
+    AccountEvent,
+    ClosedPosition,
+    Event,
+    Fill,
+    FillEvent,
+    Position,
+    PositionClosedEvent,
+    PositionEvent,
+    PriceTick,
+)
+
+MONEY = Decimal("0.0001")
+PRICE = Decimal("0.000001")
+RATIO = Decimal("0.000001")
+ZERO = Decimal(0)
+_CONTEXT = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN)
+
+
+def _q(value: Decimal, exp: Decimal) -> Decimal:
+    return value.quantize(exp, context=_CONTEXT) + ZERO  # + 0 turns -0 into 0
+
+
+@dataclass(slots=True)
+class Holding:
+    symbol: str
+    qty: Decimal
+    avg_entry_price: Decimal
+    current_price: Decimal
+    # The price intraday P&L is measured from: the day's reference price for a
+    # position carried into the day, the average entry for one opened today.
+    intraday_base: Decimal
+    asset_class: str = "us_equity"
+
+
+@dataclass(slots=True)
+class Book:
+    cash: Decimal = ZERO
+    realized_pl_today: Decimal = ZERO
+    last_equity: Decimal = ZERO
+    currency: str = "USD"
+    holdings: dict[str, Holding] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SavePoint:
+    user_id: str
+    # cash, realized P&L today, last equity, currency; None when the user had no book
+    scalars: tuple[Decimal, Decimal, Decimal, str] | None
+    holdings: dict[str, Holding | None]
+
+
+class BookRecord(msgspec.Struct, kw_only=True):
+    """A book as stored on disk (exact decimals, unquantized)."""
+
+    cash: Decimal
+    realized_pl_today: Decimal
+    last_equity: Decimal
+    currency: str
+    holdings: list[tuple[str, Decimal, Decimal, Decimal, Decimal, str]]
+
+
+class PortfolioEngine:
+    def __init__(self, *, buying_power_multiplier: Decimal = Decimal(2)) -> None:
+        self.books: dict[str, Book] = {}
+        # Last trade price per symbol, shared by every user (one market).
+        self.prices: dict[str, Decimal] = {}
+        # Reference price per symbol for change_today (the previous close, or the day's first price).
+        self.day_reference: dict[str, Decimal] = {}
+        self._holders: dict[str, set[str]] = {}
+        self._multiplier = buying_power_multiplier
+
+    def book(self, user_id: str) -> Book:
+        book = self.books.get(user_id)
+        if book is None:
+            book = self.books[user_id] = Book()
+        return book
+
+    # ------------------------------------------------------------- ingest
+
+    def process(self, user_id: str, events: Sequence[Event]) -> list[Event]:
+        """Expand one user's published events into everything their stream carries.
+
+        Each fill is followed by its position (or ``position_closed``); the
+        account they change follows once, after the last of them, stamped
+        with that event's ``ts`` (intermediate accounts would be coalesced
+        away anyway, and each costs a pass over the user's holdings).
+        """
+        out: list[Event] = []
+        account_ts: str | None = None
+        for event in events:
+            if isinstance(event, FillEvent):
+                out.append(event)
+                out.append(self._apply_fill(user_id, event.data, event.ts))
+                account_ts = event.ts
+            elif isinstance(event, PositionEvent):
+                self._set_position(user_id, event.data)
+                out.append(event)
+                account_ts = event.ts
+            elif isinstance(event, PositionClosedEvent):
+                self._drop(user_id, event.data.symbol)
+                out.append(event)
+                account_ts = event.ts
+            elif isinstance(event, AccountEvent):
+                self._set_account(user_id, event.data)
+                out.append(event)
+                account_ts = None  # authoritative: it stands as published
+            else:
+                out.append(event)
+        if account_ts is not None:
+            out.append(self._account_event(user_id, account_ts))
+        return out
+
+    def apply_prices(self, ticks: Iterable[PriceTick]) -> dict[str, list[Event]]:
+        """New marks; returns, per user holding a ticked symbol, fresh position and account events."""
+        touched: dict[str, dict[str, str]] = {}  # user → symbol → ts of the latest tick
+        for tick in ticks:
+            self.prices[tick.symbol] = tick.price
+            self.day_reference.setdefault(tick.symbol, tick.price)
+            for user_id in self._holders.get(tick.symbol, ()):
+                self.books[user_id].holdings[tick.symbol].current_price = tick.price
+                touched.setdefault(user_id, {})[tick.symbol] = tick.ts
+        result: dict[str, list[Event]] = {}
+        for user_id, symbols in touched.items():
+            events: list[Event] = [self.position_event(user_id, s, ts) for s, ts in symbols.items()]
+            events.append(self._account_event(user_id, max(symbols.values())))
+            result[user_id] = events
+        return result
+
+    def roll_day(self) -> None:
+        """Start a new trading day: today's P&L restarts from current marks."""
+        for book in self.books.values():
+            book.last_equity = self.equity(book)
+            book.realized_pl_today = ZERO
+            for holding in book.holdings.values():
+                holding.intraday_base = holding.current_price
+        self.day_reference = dict(self.prices)
+
+    # -------------------------------------------------------------- fills
+
+    def _apply_fill(self, user_id: str, fill: Fill, ts: str) -> PositionEvent | PositionClosedEvent:
+        book = self.book(user_id)
+        signed = fill.qty if fill.side == "buy" else -fill.qty
+        price = fill.price
+        ctx = _CONTEXT
+        book.cash = ctx.subtract(book.cash, ctx.multiply(signed, price))
+        self.prices.setdefault(fill.symbol, price)
+        self.day_reference.setdefault(fill.symbol, price)
+        holding = book.holdings.get(fill.symbol)
+        if holding is None or holding.qty == 0:
+            holding = Holding(fill.symbol, signed, price, self.prices[fill.symbol], price)
+        elif (holding.qty > 0) == (signed > 0):  # adding
+            new_qty = ctx.add(holding.qty, signed)
+            cost = ctx.add(ctx.multiply(holding.qty, holding.avg_entry_price), ctx.multiply(signed, price))
+            base = ctx.add(ctx.multiply(holding.qty, holding.intraday_base), ctx.multiply(signed, price))
+            holding.avg_entry_price = ctx.divide(cost, new_qty)
+            holding.intraday_base = ctx.divide(base, new_qty)
+            holding.qty = new_qty
+        else:  # reducing, closing or flipping
+            closed = min(abs(signed), abs(holding.qty))
+            direction = Decimal(1) if holding.qty > 0 else Decimal(-1)
+            pnl = ctx.multiply(ctx.multiply(closed, ctx.subtract(price, holding.avg_entry_price)), direction)
+            book.realized_pl_today = ctx.add(book.realized_pl_today, pnl)
+            new_qty = ctx.add(holding.qty, signed)
+            if new_qty != 0 and (new_qty > 0) != (holding.qty > 0):  # flipped through zero
+                holding.avg_entry_price = price
+                holding.intraday_base = price
+            holding.qty = new_qty
+        if holding.qty == 0:
+            self._drop(user_id, fill.symbol)
+            return PositionClosedEvent(ts=ts, data=ClosedPosition(symbol=fill.symbol))
+        book.holdings[fill.symbol] = holding
+        self._holders.setdefault(fill.symbol, set()).add(user_id)
+        return self.position_event(user_id, fill.symbol, ts)
+
+    # ----------------------------------------------- authoritative overwrites
+
+    def _set_position(self, user_id: str, position: Position) -> None:
+        if position.qty == 0:
+            self._drop(user_id, position.symbol)
+            return
+        # Keep the broker's intraday P&L as prices move: base = price − intraday P&L per share.
+        base = _CONTEXT.subtract(
+            position.current_price, _CONTEXT.divide(position.unrealized_intraday_pl, position.qty)
+        )
+        self.book(user_id).holdings[position.symbol] = Holding(
+            position.symbol, position.qty, position.avg_entry_price, position.current_price, base,
+            position.asset_class,
+        )  # fmt: skip
+        self._holders.setdefault(position.symbol, set()).add(user_id)
+        self.prices[position.symbol] = position.current_price
+
+    def _set_account(self, user_id: str, account: Account) -> None:
+        book = self.book(user_id)
+        book.cash = account.cash
+        book.realized_pl_today = account.realized_pl_today
+        book.last_equity = account.last_equity
+        book.currency = account.currency
+
+    def save_point(self, user_id: str, events: Sequence[Event]) -> SavePoint:
+        """What ``process(user_id, events)`` may change, so that it can be undone."""
+        book = self.books.get(user_id)
+        if book is None:
+            return SavePoint(user_id, None, {})
+        symbols = {
+            e.data.symbol for e in events if isinstance(e, FillEvent | PositionEvent | PositionClosedEvent)
+        }
+        held = {s: dataclasses.replace(h) if (h := book.holdings.get(s)) else None for s in symbols}
+        scalars = (book.cash, book.realized_pl_today, book.last_equity, book.currency)
+        return SavePoint(user_id, scalars, held)
+
+    def restore(self, point: SavePoint) -> None:
+        if point.scalars is None:
+            self.books.pop(point.user_id, None)
+        else:
+            book = self.book(point.user_id)
+            book.cash, book.realized_pl_today, book.last_equity, book.currency = point.scalars
+            for symbol, holding in point.holdings.items():
+                if holding is None:
+                    book.holdings.pop(symbol, None)
+                else:
+                    book.holdings[symbol] = holding
+        self._rebuild_holders()
+
+    def _rebuild_holders(self) -> None:
+        self._holders = {}
+        for user_id, book in self.books.items():
+            for symbol in book.holdings:
+                self._holders.setdefault(symbol, set()).add(user_id)
+
+    def _drop(self, user_id: str, symbol: str) -> None:
+        self.book(user_id).holdings.pop(symbol, None)
+        holders = self._holders.get(symbol)
+        if holders is not None:
+            holders.discard(user_id)
+            if not holders:
+                del self._holders[symbol]
+
+    # ------------------------------------------------------------- outputs
+
+    def position_event(self, user_id: str, symbol: str, ts: str) -> PositionEvent:
+        return PositionEvent(ts=ts, data=self.position(self.books[user_id].holdings[symbol], ts))
+
+    def position(self, h: Holding, updated_at: str) -> Position:
+        ctx = _CONTEXT
+        market_value = ctx.multiply(h.qty, h.current_price)
+        cost_basis = ctx.multiply(h.qty, h.avg_entry_price)
+        unrealized = ctx.subtract(market_value, cost_basis)
+        plpc = ctx.divide(unrealized, abs(cost_basis)) if cost_basis else ZERO
+        intraday = ctx.multiply(h.qty, ctx.subtract(h.current_price, h.intraday_base))
+        reference = self.day_reference.get(h.symbol)
+        change = ctx.divide(ctx.subtract(h.current_price, reference), reference) if reference else ZERO
+        return Position(
+            symbol=h.symbol,
+            qty=h.qty + ZERO,
+            side="long" if h.qty > 0 else "short",
+            avg_entry_price=_q(h.avg_entry_price, PRICE),
+            current_price=_q(h.current_price, PRICE),
+            market_value=_q(market_value, MONEY),
+            cost_basis=_q(cost_basis, MONEY),
+            unrealized_pl=_q(unrealized, MONEY),
+            unrealized_plpc=_q(plpc, RATIO),
+            unrealized_intraday_pl=_q(intraday, MONEY),
+            change_today=_q(change, RATIO),
+            asset_class=h.asset_class,
+            updated_at=updated_at,
+        )
+
+    def market_values(self, book: Book) -> tuple[Decimal, Decimal]:
+        """(long market value, short market value); the short one is ≤ 0."""
+        long_value = short_value = ZERO
+        for h in book.holdings.values():
+            value = _CONTEXT.multiply(h.qty, h.current_price)
+            if value >= 0:
+                long_value = _CONTEXT.add(long_value, value)
+            else:
+                short_value = _CONTEXT.add(short_value, value)
+        return long_value, short_value
+
+    def equity(self, book: Book) -> Decimal:
+        long_value, short_value = self.market_values(book)
+        return _CONTEXT.add(_CONTEXT.add(book.cash, long_value), short_value)
+
+    def account(self, user_id: str, updated_at: str) -> Account:
+        book = self.book(user_id)
+        long_value, short_value = self.market_values(book)
+        equity = _CONTEXT.add(_CONTEXT.add(book.cash, long_value), short_value)
+        # A simple Reg-T estimate: margin multiplier × equity, less the gross exposure held.
+        exposure = _CONTEXT.subtract(long_value, short_value)
+        buying_power = max(ZERO, _CONTEXT.subtract(_CONTEXT.multiply(self._multiplier, equity), exposure))
+        return Account(
+            equity=_q(equity, MONEY),
+            last_equity=_q(book.last_equity, MONEY),
+            cash=_q(book.cash, MONEY),
+            buying_power=_q(buying_power, MONEY),
+            portfolio_value=_q(equity, MONEY),
+            long_market_value=_q(long_value, MONEY),
+            short_market_value=_q(short_value, MONEY),
+            realized_pl_today=_q(book.realized_pl_today, MONEY),
+            currency=book.currency,
+            updated_at=updated_at,
+        )
+
+    def _account_event(self, user_id: str, ts: str) -> AccountEvent:
+        return AccountEvent(ts=ts, data=self.account(user_id, ts))
+
+    # --------------------------------------------------------- persistence
+
+    def dump_book(self, user_id: str) -> BookRecord:
+        book = self.book(user_id)
+        return BookRecord(
+            cash=book.cash,
+            realized_pl_today=book.realized_pl_today,
+            last_equity=book.last_equity,
+            currency=book.currency,
+            holdings=[
+                (h.symbol, h.qty, h.avg_entry_price, h.current_price, h.intraday_base, h.asset_class)
+                for h in book.holdings.values()
+            ],
+        )
+
+    def load_book(self, user_id: str, record: BookRecord) -> None:
+        book = self.books[user_id] = Book(
+            cash=record.cash,
+            realized_pl_today=record.realized_pl_today,
+            last_equity=record.last_equity,
+            currency=record.currency,
+        )
+        for symbol, qty, avg, current, base, asset_class in record.holdings:
+            book.holdings[symbol] = Holding(symbol, qty, avg, current, base, asset_class)
+            self._holders.setdefault(symbol, set()).add(user_id)
+            self.prices.setdefault(symbol, current)

@@ -1,0 +1,154 @@
+"""Ledger: the ingest pipeline, engine → journal → durable commit → delivery.
+
+Every way events enter the server (``/ws/ingest``, the simulator, broker
+sources) goes through ``publish`` or ``prices``. The order is what makes a
+restart safe: events are stamped and journaled, committed to the state store,
+and only then applied to the users' snapshots and handed to connections. A
+commit that fails leaves nothing behind: the journal is rolled back and the
+engine's book restored, and the caller gets the error (so a publisher is not
+acknowledged and may retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+
+import msgspec
+
+from alphaflow_live.protocol import Event, PriceTick, encode, format_timestamp
+from alphaflow_live.state import PortfolioState
+
+from .bus import EventBus
+from .engine import BookRecord, PortfolioEngine
+from .journal import Journal
+from .store import Commit, LoadedState, StateStore
+
+log = logging.getLogger("alphaflow.server.ledger")
+
+_event_decoder = msgspec.json.Decoder(Event)
+_book_decoder = msgspec.json.Decoder(BookRecord)
+
+# Fills a checkpoint keeps (the server's state holds this many; snapshots send 100).
+CHECKPOINT_FILLS = 1000
+
+
+class Ledger:
+    def __init__(
+        self,
+        bus: EventBus,
+        engine: PortfolioEngine,
+        store: StateStore,
+        *,
+        checkpoint_every: int = 2000,
+    ) -> None:
+        self.bus = bus
+        self.engine = engine
+        self.store = store
+        self._checkpoint_every = checkpoint_every
+        self._checkpointed: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- ingest
+
+    def publish(self, user_id: str, events: Sequence[Event], now: float) -> list[int]:
+        """Apply one publish for one user; returns the seqs of every event it caused."""
+        save_point = self.engine.save_point(user_id, events)
+        expanded = self.engine.process(user_id, events)
+        try:
+            stamped = self._commit({user_id: expanded}, now, books={user_id})
+        except BaseException:
+            self.engine.restore(save_point)
+            raise
+        return [event.seq for event in stamped[user_id]]
+
+    def prices(self, ticks: Sequence[PriceTick], now: float) -> int:
+        """Move marks; returns how many events the repricing produced across users."""
+        derived = self.engine.apply_prices(ticks)
+        references = self.engine.day_reference
+        price_rows = {t.symbol: (str(t.price), str(references.get(t.symbol, t.price))) for t in ticks}
+        stamped = self._commit(derived, now, books=set(derived), prices=price_rows)
+        return sum(len(events) for events in stamped.values())
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.store.commit(Commit(meta={key: value}))
+
+    def _commit(
+        self,
+        per_user: dict[str, list[Event]],
+        now: float,
+        *,
+        books: Iterable[str] = (),
+        prices: dict[str, tuple[str, str]] | None = None,
+    ) -> dict[str, list[Event]]:
+        wall = time.time()
+        bus = self.bus
+        seqs_before = {user_id: bus.user(user_id).seq for user_id in per_user}
+        stamped = {user_id: bus.append(user_id, events, now) for user_id, events in per_user.items()}
+        commit = Commit(prices=prices or {})
+        for user_id, events in stamped.items():
+            commit.events.extend((user_id, e.seq, wall, encode(e)) for e in events)
+        for user_id in set(per_user) | set(books):
+            stream = bus.user(user_id)
+            book = encode(self.engine.dump_book(user_id)) if user_id in self.engine.books else None
+            commit.users[user_id] = (stream.epoch, stream.seq, book)
+        try:
+            self.store.commit(commit)
+        except BaseException:
+            for user_id, seq in seqs_before.items():
+                bus.rollback(user_id, seq)
+            raise
+        for user_id, events in stamped.items():
+            bus.deliver(user_id, events, now)
+            self._maybe_checkpoint(user_id)
+        return stamped
+
+    # ----------------------------------------------------------- checkpoints
+
+    def _maybe_checkpoint(self, user_id: str, *, force: bool = False) -> None:
+        stream = self.bus.user(user_id)
+        last = self._checkpointed.get(user_id, 0)
+        if stream.seq == last or (not force and stream.seq - last < self._checkpoint_every):
+            return
+        snapshot = stream.state.to_snapshot(format_timestamp(time.time()), max_fills=CHECKPOINT_FILLS)
+        # Keep what a restart needs twice over: events after the checkpoint (to
+        # rebuild the state) and events a client may still resume from.
+        prune_through = min(stream.seq, stream.journal.first_replayable_seq)
+        self.store.checkpoint(user_id, stream.seq, encode(snapshot), prune_through)
+        self._checkpointed[user_id] = stream.seq
+
+    def checkpoint_all(self) -> None:
+        for stream in list(self.bus):
+            self._maybe_checkpoint(stream.user_id, force=True)
+
+    # --------------------------------------------------------------- restore
+
+    def restore(self, loaded: LoadedState, *, retain_events: int, retain_seconds: float, now: float) -> int:
+        """Rebuild every user's journal, state and book; returns how many users."""
+        from alphaflow_live.protocol import snapshot_decoder
+
+        wall_now = time.time()
+        for symbol, (price, reference) in loaded.prices.items():
+            self.engine.prices[symbol] = Decimal(price)
+            self.engine.day_reference[symbol] = Decimal(reference)
+        for user_id, rows in loaded.users.items():
+            journal = Journal(
+                rows.epoch, seq=rows.seq, retain_events=retain_events, retain_seconds=retain_seconds
+            )
+            state = PortfolioState(max_fills=CHECKPOINT_FILLS)
+            checkpoint_seq = 0
+            if rows.checkpoint is not None and rows.checkpoint_seq is not None:
+                state.apply_snapshot(snapshot_decoder.decode(rows.checkpoint))
+                checkpoint_seq = rows.checkpoint_seq
+            entries = [(now - (wall_now - at), _event_decoder.decode(blob)) for _, at, blob in rows.events]
+            journal.restore(entries)
+            journal.seq = rows.seq
+            journal.trim(now)
+            state.apply_events(event for _, event in entries if event.seq > checkpoint_seq)
+            state.epoch, state.seq = rows.epoch, rows.seq
+            self.bus.adopt(user_id, journal, state)
+            self._checkpointed[user_id] = checkpoint_seq
+            if rows.book is not None:
+                self.engine.load_book(user_id, _book_decoder.decode(rows.book))
+        return len(loaded.users)

@@ -1,0 +1,206 @@
+"""Durable state: every user's epoch, seq, recent events, checkpoints and book.
+
+One small interface, ``StateStore``; ``SqliteStore`` is the single-node
+implementation (a Redis Streams one can stand beside it for many nodes) and
+``MemoryStore`` keeps nothing, for ``--no-state``.
+
+Each ingest message is one transaction, committed before anything it caused
+is sent to a client or acknowledged: a client can never hold an event that a
+restarted server does not have, so the epoch can stay the same across a
+restart (``kill -9`` included) and clients resume exactly. SQLite runs in WAL
+mode with ``synchronous=NORMAL``: a commit is one write to the log, durable
+against a crash of the process (not of the machine, which needs FULL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+SCHEMA_VERSION = "1"
+DB_NAME = "alphaflow-state.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, book BLOB
+);
+CREATE TABLE IF NOT EXISTS events (
+    user_id TEXT NOT NULL, seq INTEGER NOT NULL, appended_at REAL NOT NULL, event BLOB NOT NULL,
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    user_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, snapshot BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS prices (
+    symbol TEXT PRIMARY KEY, price TEXT NOT NULL, reference TEXT NOT NULL
+);
+"""
+
+
+class StateError(Exception):
+    """The state directory cannot be used; the message says what to do."""
+
+
+@dataclass
+class UserRows:
+    epoch: str
+    seq: int
+    book: bytes | None
+    checkpoint_seq: int | None = None
+    checkpoint: bytes | None = None
+    # (seq, wall-clock time appended, encoded event), oldest first
+    events: list[tuple[int, float, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class LoadedState:
+    users: dict[str, UserRows]
+    prices: dict[str, tuple[str, str]]
+    meta: dict[str, str]
+
+
+@dataclass
+class Commit:
+    """What one transaction writes."""
+
+    # (user_id, seq, wall-clock time, encoded event)
+    events: list[tuple[str, int, float, bytes]] = field(default_factory=list)
+    # user_id → (epoch, seq, encoded book or None)
+    users: dict[str, tuple[str, int, bytes | None]] = field(default_factory=dict)
+    # symbol → (price, day reference)
+    prices: dict[str, tuple[str, str]] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+class StateStore(Protocol):
+    def load(self) -> LoadedState: ...
+    def commit(self, commit: Commit) -> None: ...
+    def checkpoint(self, user_id: str, seq: int, snapshot: bytes, prune_through: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """Keeps nothing: state lives and dies with the process."""
+
+    def load(self) -> LoadedState:
+        return LoadedState(users={}, prices={}, meta={})
+
+    def commit(self, commit: Commit) -> None:
+        pass
+
+    def checkpoint(self, user_id: str, seq: int, snapshot: bytes, prune_through: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteStore:
+    def __init__(self, directory: Path, *, reset: bool = False) -> None:
+        self.path = directory / DB_NAME
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create the state directory {directory}: {exc.strerror}") from None
+        if reset:
+            self._move_aside()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            self._db.executescript(_SCHEMA)
+            version = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"the state file {self.path} is unreadable ({exc}); the server will not start on it. "
+                "Restore it from a backup, or start with --reset-state to move it aside and begin empty."
+            ) from None
+        if version is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        elif version[0] != SCHEMA_VERSION:
+            raise StateError(
+                f"the state file {self.path} has schema version {version[0]}, "
+                f"this server reads {SCHEMA_VERSION}; use a matching server or --reset-state"
+            )
+
+    def _move_aside(self) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(str(self.path) + suffix)
+            if source.exists():
+                source.rename(Path(f"{self.path}.reset-{stamp}{suffix}"))
+
+    def load(self) -> LoadedState:
+        db = self._db
+        users = {
+            user_id: UserRows(epoch, seq, book)
+            for user_id, epoch, seq, book in db.execute("SELECT user_id, epoch, seq, book FROM users")
+        }
+        for user_id, seq, snapshot in db.execute("SELECT user_id, seq, snapshot FROM checkpoints"):
+            if user_id in users:
+                users[user_id].checkpoint_seq, users[user_id].checkpoint = seq, snapshot
+        for user_id, seq, appended_at, event in db.execute(
+            "SELECT user_id, seq, appended_at, event FROM events ORDER BY user_id, seq"
+        ):
+            if user_id in users:
+                users[user_id].events.append((seq, appended_at, event))
+        prices = {s: (p, r) for s, p, r in db.execute("SELECT symbol, price, reference FROM prices")}
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        return LoadedState(users=users, prices=prices, meta=meta)
+
+    def commit(self, commit: Commit) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            if commit.events:
+                db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", commit.events)
+            for user_id, (epoch, seq, book) in commit.users.items():
+                db.execute(
+                    "INSERT INTO users VALUES (?, ?, ?, ?) ON CONFLICT(user_id) DO UPDATE SET "
+                    "epoch = excluded.epoch, seq = excluded.seq, book = coalesce(excluded.book, users.book)",
+                    (user_id, epoch, seq, book),
+                )
+            if commit.prices:
+                db.executemany(
+                    "INSERT OR REPLACE INTO prices VALUES (?, ?, ?)",
+                    [(s, p, r) for s, (p, r) in commit.prices.items()],
+                )
+            if commit.meta:
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(commit.meta.items()))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def checkpoint(self, user_id: str, seq: int, snapshot: bytes, prune_through: int) -> None:
+        """Store the user's state as of ``seq`` and drop events no longer needed."""
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (user_id, seq, snapshot))
+            db.execute("DELETE FROM events WHERE user_id = ? AND seq <= ?", (user_id, prune_through))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_store(directory: Path | None, *, reset: bool = False) -> StateStore:
+    return MemoryStore() if directory is None else SqliteStore(directory, reset=reset)
+
+
+def rows_after(events: Sequence[tuple[int, float, bytes]], seq: int) -> list[tuple[int, float, bytes]]:
+    return [row for row in events if row[0] > seq]

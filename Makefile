@@ -30,14 +30,11 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Starts the stream server with a demo user whose token stays in .demo/ (git-ignored).
+# The stream server with the market simulator; state and the demo user's token
+# stay in .demo/ (git-ignored), so a second `make demo` resumes the same portfolio.
 demo: install
 	@mkdir -p $(DEMO) && chmod 700 $(DEMO)
-	@test -s $(DEMO)/demo.token || \
-		$(BIN)/alphaflow-live users add demo --role user --users-file $(DEMO)/users.json \
-		| tail -n 1 | awk '{print $$NF}' > $(DEMO)/demo.token
-	@echo "demo user token: ALPHAFLOW_TOKEN=$$(cat $(DEMO)/demo.token)"
-	$(BIN)/alphaflow-live serve --users-file $(DEMO)/users.json
+	$(BIN)/alphaflow-live serve --source sim --users-file $(DEMO)/users.json --state-dir $(DEMO)/state
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 from decimal import Decimal
 
 import pytest
 
-from alphaflow_live.protocol import FillEvent
+from alphaflow_live.protocol import Batch, FillEvent, Snapshot, Subscribed
 from alphaflow_server.auth import TokenStore, load_users_file, save_users_file
 from tests.support import admin
 from tests.support import events as ev
@@ -17,8 +18,11 @@ from tests.support.client import (
     StreamClient,
     auth,
     handshake,
+    recv,
+    recv_until,
     rest_snapshot,
     same_portfolio,
+    send,
     state_of,
 )
 from tests.support.server import Tokens
@@ -234,3 +238,43 @@ async def test_the_simulator_streams_a_live_demo_portfolio(start_server, tmp_pat
     assert other.positions and {p.symbol for p in other.positions} != set(demo.state.positions)
     stats = await admin.stats(server.http_base, admin_token)
     assert stats["events_in"] > 0 and stats["health"] == "healthy"
+
+
+async def test_a_long_history_is_checkpointed_pruned_and_restored_after_a_kill(start_server, tokens) -> None:
+    server = start_server("--retain-events", "500", "--retain-seconds", "0")
+    feed = await Publisher.connect(server.ws_base, tokens.service)
+    symbols = ["AAPL", "MSFT", "NVDA", "TSLA"]
+    for round_ in range(60):
+        fills = [buy(symbols[i % 4], "1", f"{100 + i % 7}.25", f"h-{round_}-{i}") for i in range(50)]
+        fills += [sell(symbols[round_ % 4], "3", "101.75", f"s-{round_}")]
+        last = await feed.publish("alice", fills)
+    await feed.prices([ev.tick(s, "105.00") for s in symbols])
+    before = await rest_snapshot(server.http_base, tokens.alice)
+    state_files = list(server.state_dir.glob("alphaflow-state.sqlite3*"))
+
+    await asyncio.to_thread(server.stop, signal.SIGKILL)
+    await asyncio.to_thread(server.start)
+    after = await rest_snapshot(server.http_base, tokens.alice)
+    client = await StreamClient.connect(server.ws_base, tokens.alice)
+    recent, replay = await resume_reply(client, before.epoch, last[-1] - 100)
+    old, refill = await resume_reply(client, before.epoch, 10)
+
+    with sqlite3.connect(server.state_dir / "alphaflow-state.sqlite3") as db:
+        kept = db.execute("SELECT count(*) FROM events WHERE user_id = 'alice'").fetchone()[0]
+        checkpoint = db.execute("SELECT seq FROM checkpoints WHERE user_id = 'alice'").fetchone()
+    assert state_files
+    assert checkpoint is not None and kept < after.seq / 2, f"{kept} of {after.seq} events kept"
+    assert (after.epoch, after.seq) == (before.epoch, before.seq)
+    assert same_portfolio(state_of(after), state_of(before))
+    assert [f.id for f in after.fills] == [f.id for f in before.fills]
+    assert recent.recovered is True, "a resume inside the replay buffer is served after the restart"
+    assert isinstance(replay, Batch) and (replay.from_seq, replay.to_seq) == (last[-1] - 100, after.seq)
+    assert old.recovered is False, "a resume from before the buffer gets a snapshot"
+    assert isinstance(refill, Snapshot) and refill.seq == after.seq
+
+
+async def resume_reply(client: StreamClient, epoch: str, seq: int) -> tuple[Subscribed, Batch | Snapshot]:
+    """The subscribed reply to a resume, and the batch or snapshot that follows it."""
+    await send(client.ws, {"type": "subscribe", "id": 9, "resume": {"epoch": epoch, "seq": seq}})
+    subscribed = await recv_until(client.ws, lambda m: isinstance(m, Subscribed))
+    return subscribed, await recv(client.ws)

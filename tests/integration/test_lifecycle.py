@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 
@@ -109,3 +110,20 @@ def test_serve_reads_its_flags_from_alphaflow_environment_variables(tmp_path, to
         assert asyncio.run(welcome()) == 42
     finally:
         server.stop()
+
+
+def test_serve_with_no_arguments_runs_the_simulator_on_the_default_address(monkeypatch) -> None:
+    from alphaflow_live.cli import build_parser
+
+    for name in [n for n in os.environ if n.startswith("ALPHAFLOW_")]:
+        monkeypatch.delenv(name)
+
+    args = build_parser().parse_args(["serve"])
+
+    assert (args.host, args.port, args.source) == ("127.0.0.1", 8765, "sim")
+    assert (args.batch_window_ms, args.max_connections, args.max_per_user, args.heartbeat_s) == (
+        250,
+        100,
+        5,
+        15.0,
+    )

@@ -82,6 +82,8 @@ class SavePoint:
     # cash, realized P&L today, last equity, currency; None when the user had no book
     scalars: tuple[Decimal, Decimal, Decimal, str] | None
     holdings: dict[str, Holding | None]
+    # symbol → (price, day reference) before, None where there was none
+    marks: dict[str, tuple[Decimal | None, Decimal | None]]
 
 
 class BookRecord(msgspec.Struct, kw_only=True):
@@ -97,7 +99,7 @@ class BookRecord(msgspec.Struct, kw_only=True):
 class PortfolioEngine:
     def __init__(self, *, buying_power_multiplier: Decimal = Decimal(2)) -> None:
         self.books: dict[str, Book] = {}
-        # Last trade price per symbol, shared by every user (one market).
+        # Last price per symbol from ticks (or from a fill, until a tick comes), shared by every user.
         self.prices: dict[str, Decimal] = {}
         # Reference price per symbol for change_today (the previous close, or the day's first price).
         self.day_reference: dict[str, Decimal] = {}
@@ -147,17 +149,21 @@ class PortfolioEngine:
 
     def apply_prices(self, ticks: Iterable[PriceTick]) -> dict[str, list[Event]]:
         """New marks; returns, per user holding a ticked symbol, fresh position and account events."""
-        touched: dict[str, dict[str, str]] = {}  # user → symbol → ts of the latest tick
+        # user → symbol → ts of that symbol's last tick, in the order of the ticks, so the user's
+        # last tick comes last (timestamps of mixed precision do not compare as strings).
+        touched: dict[str, dict[str, str]] = {}
         for tick in ticks:
             self.prices[tick.symbol] = tick.price
             self.day_reference.setdefault(tick.symbol, tick.price)
             for user_id in self._holders.get(tick.symbol, ()):
                 self.books[user_id].holdings[tick.symbol].current_price = tick.price
-                touched.setdefault(user_id, {})[tick.symbol] = tick.ts
+                symbols = touched.setdefault(user_id, {})
+                symbols.pop(tick.symbol, None)
+                symbols[tick.symbol] = tick.ts
         result: dict[str, list[Event]] = {}
         for user_id, symbols in touched.items():
             events: list[Event] = [self.position_event(user_id, s, ts) for s, ts in symbols.items()]
-            events.append(self._account_event(user_id, max(symbols.values())))
+            events.append(self._account_event(user_id, next(reversed(symbols.values()))))
             result[user_id] = events
         return result
 
@@ -233,17 +239,24 @@ class PortfolioEngine:
 
     def save_point(self, user_id: str, events: Sequence[Event]) -> SavePoint:
         """What ``process(user_id, events)`` may change, so that it can be undone."""
-        book = self.books.get(user_id)
-        if book is None:
-            return SavePoint(user_id, None, {})
         symbols = {
             e.data.symbol for e in events if isinstance(e, FillEvent | PositionEvent | PositionClosedEvent)
         }
+        marks = {s: (self.prices.get(s), self.day_reference.get(s)) for s in symbols}
+        book = self.books.get(user_id)
+        if book is None:
+            return SavePoint(user_id, None, {}, marks)
         held = {s: dataclasses.replace(h) if (h := book.holdings.get(s)) else None for s in symbols}
         scalars = (book.cash, book.realized_pl_today, book.last_equity, book.currency)
-        return SavePoint(user_id, scalars, held)
+        return SavePoint(user_id, scalars, held, marks)
 
     def restore(self, point: SavePoint) -> None:
+        for symbol, (price, reference) in point.marks.items():
+            for table, value in ((self.prices, price), (self.day_reference, reference)):
+                if value is None:
+                    table.pop(symbol, None)
+                else:
+                    table[symbol] = value
         if point.scalars is None:
             self.books.pop(point.user_id, None)
         else:
@@ -354,6 +367,8 @@ class PortfolioEngine:
         )
 
     def load_book(self, user_id: str, record: BookRecord) -> None:
+        for symbol in list(self.books.get(user_id, Book()).holdings):
+            self._drop(user_id, symbol)
         book = self.books[user_id] = Book(
             cash=record.cash,
             realized_pl_today=record.realized_pl_today,

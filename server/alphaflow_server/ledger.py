@@ -56,8 +56,13 @@ class Ledger:
         """Apply one publish for one user; returns the seqs of every event it caused."""
         save_point = self.engine.save_point(user_id, events)
         expanded = self.engine.process(user_id, events)
+        # Marks a fill or position introduced are kept too, so a restart prices the same.
+        prices, references = self.engine.prices, self.engine.day_reference
+        marks = {
+            s: (str(prices[s]), str(references.get(s, prices[s]))) for s in save_point.marks if s in prices
+        }
         try:
-            stamped = self._commit({user_id: expanded}, now, books={user_id})
+            stamped = self._commit({user_id: expanded}, now, books={user_id}, prices=marks)
         except BaseException:
             self.engine.restore(save_point)
             raise

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := .demo
 
-.PHONY: install test lint format demo clean
+.PHONY: install test lint format demo bench clean
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -38,3 +38,7 @@ demo: install
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks print figures; they never pass or fail on absolute times.
+bench: install
+	$(BIN)/python bench/bench_client.py $(if $(QUICK),--quick,)

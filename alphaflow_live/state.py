@@ -82,8 +82,13 @@ class PortfolioState:
         for event in events:
             self.apply_event(event)
 
-    def apply_snapshot(self, snapshot: Snapshot) -> None:
-        """Replace the state of every channel the snapshot carries."""
+    def apply_snapshot(self, snapshot: Snapshot, *, merge_fills: bool = False) -> None:
+        """Replace the state of every channel the snapshot carries.
+
+        With ``merge_fills`` the fills already held are kept and the snapshot's
+        (its most recent 100) are added where new: a client's history of
+        executions survives a resync.
+        """
         self.epoch = snapshot.epoch
         self.seq = snapshot.seq
         if snapshot.positions is not UNSET:
@@ -96,8 +101,9 @@ class PortfolioState:
         if snapshot.account is not UNSET:
             self.account = snapshot.account
         if snapshot.fills is not UNSET:
-            self.fills.clear()
-            self._fill_ids.clear()
+            if not merge_fills:
+                self.fills.clear()
+                self._fill_ids.clear()
             for fill in snapshot.fills:
                 self._add_fill(fill)
 
@@ -106,8 +112,17 @@ class PortfolioState:
             return BatchOutcome.NO_BASE
         if batch.epoch != self.epoch:
             return BatchOutcome.EPOCH_CHANGED
-        if batch.from_seq != self.seq:
-            return BatchOutcome.DUPLICATE if batch.to_seq <= self.seq else BatchOutcome.GAP
+        if batch.from_seq > self.seq:
+            return BatchOutcome.GAP
+        if batch.from_seq < self.seq:
+            if batch.to_seq <= self.seq:
+                return BatchOutcome.DUPLICATE
+            # Overlaps what we hold (a replay that raced a batch in flight): the
+            # events past our seq are exactly what we miss, coalesced or not.
+            seq = self.seq
+            self.apply_events(event for event in batch.events if event.seq > seq)
+            self.seq = batch.to_seq
+            return BatchOutcome.APPLIED
         self.apply_events(batch.events)
         self.seq = batch.to_seq
         return BatchOutcome.APPLIED

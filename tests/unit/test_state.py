@@ -302,13 +302,33 @@ def test_batch_ending_at_or_before_our_seq_is_duplicate() -> None:
     assert (state.seq, state.positions) == (10, {})
 
 
-@pytest.mark.parametrize(("from_seq", "to_seq"), [(11, 12), (9, 12)])
-def test_batch_not_starting_at_our_seq_is_a_gap(from_seq: int, to_seq: int) -> None:
+def test_batch_starting_after_our_seq_is_a_gap() -> None:
     state = synced(seq=10)
 
-    outcome = state.apply_batch(batch(from_seq, to_seq, stamp([position()], to_seq - 1)))
+    outcome = state.apply_batch(batch(11, 12, stamp([position()], 11)))
 
     assert (outcome, state.seq, state.positions) == (BatchOutcome.GAP, 10, {})
+
+
+def test_batch_overlapping_our_seq_applies_only_the_events_past_it() -> None:
+    state = synced(seq=10)
+    old, new = position("AAPL", qty="1"), position("MSFT", qty="2")
+
+    outcome = state.apply_batch(batch(8, 12, [*stamp([old], 9), *stamp([new], 11)]))
+
+    assert (outcome, state.seq) == (BatchOutcome.APPLIED, 12)
+    assert list(state.positions) == ["MSFT"], "the event at seq 10 was already held and is not applied again"
+
+
+def test_a_snapshot_can_merge_fills_instead_of_replacing_them() -> None:
+    state = synced(seq=10)
+    state.apply_events(stamp([fill("f-old")], 10))
+    snapshot = state.to_snapshot(TS)
+    snapshot.fills = [*(snapshot.fills or []), fill("f-new").data]
+
+    state.apply_snapshot(snapshot, merge_fills=True)
+
+    assert [f.id for f in state.fills] == ["f-old", "f-new"]
 
 
 def test_contiguous_batch_is_applied_and_advances_seq() -> None:

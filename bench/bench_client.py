@@ -1,0 +1,155 @@
+"""Kernel-side costs: applying a 1,000-event batch, reading positions of 500 symbols.
+
+Prints a table; the baseline row rebuilds the frame from the whole state each
+time (no row cache), in the same process. Run: ``make bench`` or
+``.venv/bin/python bench/bench_client.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+from alphaflow_live import frames
+from alphaflow_live.client import PortfolioStream
+from alphaflow_live.protocol import (
+    Batch,
+    Event,
+    Position,
+    PositionEvent,
+    Snapshot,
+    encode,
+    server_message_decoder,
+)
+from alphaflow_live.state import PortfolioState
+
+TS = "2026-01-04T14:03:11.120Z"
+SYMBOLS = [f"S{i:03d}" for i in range(500)]
+
+
+def position(symbol: str, qty: int, price: str, seq: int) -> PositionEvent:
+    p, q = Decimal(price), Decimal(qty)
+    return PositionEvent(
+        seq=seq,
+        ts=TS,
+        data=Position(
+            symbol=symbol,
+            qty=q,
+            side="long",
+            avg_entry_price=p,
+            current_price=p,
+            market_value=q * p,
+            cost_basis=q * p,
+            unrealized_pl=Decimal(0),
+            unrealized_plpc=Decimal(0),
+            unrealized_intraday_pl=Decimal(0),
+            change_today=Decimal(0),
+            updated_at=TS,
+        ),
+    )
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def row(name: str, samples: list[float], baseline: list[float] | None = None) -> str:
+    median = statistics.median(samples)
+    p95 = sorted(samples)[int(0.95 * (len(samples) - 1))]
+    ratio = f"{statistics.median(baseline) / median:7.1f}x" if baseline else "       "
+    return f"{name:<58} {median:9.3f} {p95:9.3f} {ratio}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (for make test)")
+    repeat = 20 if parser.parse_args().quick else 200
+
+    base = [position(s, 10, "100.00", i + 1) for i, s in enumerate(SYMBOLS)]
+    snapshot = Snapshot(
+        epoch="e-1",
+        seq=len(base),
+        server_time=TS,
+        positions=[e.data for e in base],
+        orders=[],
+        account=None,
+        fills=[],
+    )
+    seq = [len(base)]
+
+    def next_batch() -> Batch:
+        start = seq[0]
+        events: list[Event] = [
+            position(SYMBOLS[i % 500], 10 + i, f"{100 + i % 50}.25", start + i + 1) for i in range(1000)
+        ]
+        seq[0] += 1000
+        return Batch(epoch="e-1", from_seq=start, to_seq=seq[0], server_time=TS, events=events)
+
+    # 1. A 1,000-event batch: decode, apply to the pure state, and through the client (lock, callbacks, stats).
+    wire = encode(next_batch())
+    decode = timed(lambda: server_message_decoder.decode(wire), repeat)
+    state = PortfolioState()
+    state.apply_snapshot(snapshot)
+    seq[0] = len(base)
+    batches = [next_batch() for _ in range(repeat)]
+    it = iter(batches)
+    apply_state = timed(lambda: state.apply_batch(next(it)), repeat)
+
+    live = PortfolioStream("ws://127.0.0.1:9/ws/portfolio", "bench", start=False)
+    live._apply_snapshot(snapshot)
+    seq[0] = len(base)
+    batches = [next_batch() for _ in range(repeat)]
+    it = iter(batches)
+    apply_client = timed(lambda: live._apply_batch(next(it)), repeat)
+
+    # 2. Reading positions of 500 symbols after one change, against rebuilding from the whole state.
+    counter = [seq[0]]
+
+    def one_change() -> None:
+        counter[0] += 1
+        live._apply_batch(
+            Batch(
+                epoch="e-1",
+                from_seq=counter[0] - 1,
+                to_seq=counter[0],
+                server_time=TS,
+                events=[position("S250", counter[0] % 90 + 1, "101.00", counter[0])],
+            )
+        )
+
+    def read_after_change() -> None:
+        one_change()
+        _ = live.positions
+
+    def rebuild_after_change() -> None:
+        one_change()
+        frames.positions_frame(live._state.positions, frames.RowCache(frames.POSITION_COLUMNS))
+
+    counter[0] = live.seq or 0
+    read = timed(read_after_change, repeat)
+    rebuild = timed(rebuild_after_change, repeat)
+    cached = timed(lambda: live.positions, repeat)
+    assert len(live.positions) == 500
+
+    print(f"client benchmarks ({repeat} runs each; ms)")
+    print(f"{'scenario':<58} {'median':>9} {'p95':>9} {'vs base':>8}")
+    print(row("decode a 1,000-event batch (msgspec)", decode))
+    print(row("apply a 1,000-event batch to PortfolioState", apply_state))
+    print(row("apply a 1,000-event batch through PortfolioStream", apply_client))
+    print(row("live.positions, 500 symbols, after one change", read, rebuild))
+    print(row("  baseline: rebuild the frame from the whole state", rebuild))
+    print(row("live.positions, 500 symbols, unchanged (cached copy)", cached))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -94,7 +94,8 @@ def main() -> int:
         seq[0] += 1000
         return Batch(epoch="e-1", from_seq=start, to_seq=seq[0], server_time=TS, events=events)
 
-    # 1. A 1,000-event batch: decode, apply to the pure state, and through the client (lock, callbacks, stats).
+    # 1. A 1,000-event batch: decode it, apply it to the pure state, and through the client
+    #    (lock, callbacks, stats).
     wire = encode(next_batch())
     decode = timed(lambda: server_message_decoder.decode(wire), repeat)
     state = PortfolioState()

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := .demo
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install system-deps test lint format demo bench clean
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -16,9 +16,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The widgets' front end ships as written: copied from js/src into the package.
+STATIC := alphaflow_live/static
+$(STATIC)/%: js/src/%
+	@mkdir -p $(STATIC)
+	cp $< $@
 
-test: install
+install: $(STAMP) $(STATIC)/widget.js $(STATIC)/widget.css
+
+# What the tests need beyond the venv: Debian's Chromium (the browser tests drive it
+# with Playwright; no browser can be downloaded here) and the front end's test tools.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+js/node_modules/.install-stamp: js/package.json js/package-lock.json
+	cd js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install system-deps js/node_modules/.install-stamp
+	cd js && npx vitest run
 	$(BIN)/python -m pytest
 
 lint: install
@@ -37,7 +55,7 @@ demo: install
 	$(BIN)/alphaflow-live serve --source sim --users-file $(DEMO)/users.json --state-dir $(DEMO)/state
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) $(STATIC) js/node_modules test-artifacts .pytest_cache .mypy_cache .ruff_cache
 
 # Benchmarks print figures; they never pass or fail on absolute times.
 bench: install

@@ -28,13 +28,42 @@ def connect(url: str | None = None, token: str | None = None, **options: Any) ->
     return PortfolioStream(url, token, **options)
 
 
+_LAZY = {
+    # Widgets pull in anywidget and ipywidgets: imported on first use, so that
+    # scripts and the server do not pay for them.
+    "PortfolioWidget": "widgets",
+    "ConnectionStatus": "widgets",
+    "LiveBadge": "widgets",
+    "PositionsTable": "widgets",
+    "AccountSummary": "widgets",
+    "show_snapshot": "report",
+    "snapshot_html": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'alphaflow_live' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
 __all__ = [
     "PROTOCOL_VERSION",
+    "AccountSummary",
     "AuthError",
     "BatchOutcome",
+    "ConnectionStatus",
     "FreshnessRules",
+    "LiveBadge",
     "PortfolioState",
     "PortfolioStream",
+    "PortfolioWidget",
+    "PositionsTable",
     "__version__",
     "connect",
+    "show_snapshot",
+    "snapshot_html",
 ]

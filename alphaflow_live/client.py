@@ -137,7 +137,9 @@ class PortfolioStream:
             finally:
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
-                self._set_status("closed")
+                # Stopped by an error (a refused token): stay "offline", which says why there is no data.
+                if self.error is None:
+                    self._set_status("closed")
 
         self._thread = threading.Thread(target=main, name="alphaflow-live-stream", daemon=True)
         self._thread.start()
@@ -227,6 +229,18 @@ class PortfolioStream:
                 self._frame_cache[table] = cached
             frame: FrameT = cached[1].copy()
             return frame
+
+    def widget(self, **options: Any) -> Any:
+        """The full PortfolioWidget bound to this stream."""
+        from .widgets import PortfolioWidget
+
+        return PortfolioWidget(self, **options)
+
+    def snapshot_html(self) -> str:
+        """A self-contained static HTML view (no script, no network), for shared reports."""
+        from .report import snapshot_html
+
+        return snapshot_html(self)
 
     def stats(self) -> dict[str, Any]:
         """Client-side figures: end-to-end latency (event ts → applied), batches, reconnects, bytes."""

@@ -1,0 +1,111 @@
+"""A static HTML snapshot of the portfolio, for exported and shared reports.
+
+Self-contained: inline CSS, no script, no network. It shows the positions with
+P&L colours, the account summary, an "as of" time and a "Snapshot" badge, so a
+reader of an nbconvert HTML file or nbviewer page sees the portfolio as it was
+when the cell ran, with no kernel behind it.
+"""
+
+from __future__ import annotations
+
+import html
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import PortfolioStream
+
+_CSS = """
+.afl-snap{font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',sans-serif);font-size:13px;
+  color:var(--jp-ui-font-color1,#1f2328);background:var(--jp-layout-color1,#fff);
+  border:1px solid var(--jp-border-color2,#d0d7de);border-radius:6px;padding:10px 12px;max-width:960px}
+.afl-snap header{display:flex;gap:12px;align-items:center;flex-wrap:wrap;margin-bottom:8px}
+.afl-snap .afl-snap-badge{background:#57606a;color:#fff;border-radius:10px;padding:1px 8px;font-size:11px;
+  font-weight:600;letter-spacing:.02em}
+.afl-snap .afl-snap-asof{color:var(--jp-ui-font-color2,#57606a)}
+.afl-snap dl{display:flex;gap:18px;margin:0 0 8px 0;flex-wrap:wrap}
+.afl-snap dt{color:var(--jp-ui-font-color2,#57606a);font-size:11px}
+.afl-snap dd{margin:0;font-weight:600;font-variant-numeric:tabular-nums}
+.afl-snap table{border-collapse:collapse;width:100%}
+.afl-snap th,.afl-snap td{padding:3px 8px;border-bottom:1px solid var(--jp-border-color2,#eaeef2);
+  text-align:right;font-variant-numeric:tabular-nums}
+.afl-snap th:first-child,.afl-snap td:first-child{text-align:left}
+.afl-snap th{font-size:11px;color:var(--jp-ui-font-color2,#57606a);font-weight:600}
+.afl-snap .afl-gain{color:#1a7f37}.afl-snap .afl-loss{color:#cf222e}
+"""
+
+_COLUMNS = (
+    ("Symbol", "symbol", "text"),
+    ("Qty", "qty", "qty"),
+    ("Avg entry", "avg_entry_price", "money"),
+    ("Price", "current_price", "money"),
+    ("Market value", "market_value", "money"),
+    ("Unrealized P&L", "unrealized_pl", "pl"),
+    ("P&L %", "unrealized_plpc", "pct"),
+    ("Day change", "change_today", "pct"),
+)
+
+
+def _money(value: Decimal, sign: bool = False) -> str:
+    return f"{value:+,.2f}" if sign else f"{value:,.2f}"
+
+
+def _cell(kind: str, value: Any) -> tuple[str, str]:
+    """(text, css class) of one table cell."""
+    if kind == "text":
+        return html.escape(str(value)), ""
+    number = Decimal(value)
+    tone = "afl-gain" if number > 0 else "afl-loss" if number < 0 else ""
+    if kind == "qty":
+        return f"{number.normalize():,f}", ""
+    if kind == "money":
+        return _money(number), ""
+    if kind == "pl":
+        return _money(number, sign=True), tone
+    return f"{number * 100:+.2f}%", tone
+
+
+def snapshot_html(live: PortfolioStream) -> str:
+    with live._lock:
+        state = live._state
+        positions = [state.positions[s] for s in sorted(state.positions)]
+        account = state.account
+        as_of = live.last_update
+    stamp = "no data received" if as_of is None else as_of.strftime("%Y-%m-%d %H:%M:%S UTC")
+    parts = [
+        f"<style>{_CSS}</style>",
+        '<div class="afl-snap" role="region" aria-label="Portfolio snapshot">',
+        '<header><strong>Portfolio</strong><span class="afl-snap-badge">Snapshot</span>',
+        f'<span class="afl-snap-asof">as of {html.escape(stamp)}</span></header>',
+    ]
+    if account is not None:
+        day = account.equity - account.last_equity
+        tone = "afl-gain" if day > 0 else "afl-loss" if day < 0 else ""
+        parts.append(
+            "<dl>"
+            f"<div><dt>Equity</dt><dd>{_money(account.equity)} {html.escape(account.currency)}</dd></div>"
+            f'<div><dt>Day P&amp;L</dt><dd class="{tone}">{_money(day, sign=True)}</dd></div>'
+            f"<div><dt>Cash</dt><dd>{_money(account.cash)}</dd></div>"
+            f"<div><dt>Buying power</dt><dd>{_money(account.buying_power)}</dd></div>"
+            "</dl>"
+        )
+    parts.append('<table aria-label="Positions"><thead><tr>')
+    parts += [f'<th scope="col">{html.escape(title)}</th>' for title, _, _ in _COLUMNS]
+    parts.append("</tr></thead><tbody>")
+    for position in positions:
+        parts.append("<tr>")
+        for _, field, kind in _COLUMNS:
+            text, tone = _cell(kind, getattr(position, field))
+            parts.append(f'<td class="{tone}">{text}</td>' if tone else f"<td>{text}</td>")
+        parts.append("</tr>")
+    if not positions:
+        parts.append(f'<tr><td colspan="{len(_COLUMNS)}">No open positions</td></tr>')
+    parts.append("</tbody></table></div>")
+    return "".join(parts)
+
+
+def show_snapshot(live: PortfolioStream) -> None:
+    """Display the snapshot as plain ``text/html``, which exported reports keep."""
+    from IPython.display import HTML, display
+
+    display(HTML(snapshot_html(live)))  # type: ignore[no-untyped-call]

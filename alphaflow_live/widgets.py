@@ -1,0 +1,253 @@
+"""anywidget widgets bound to a PortfolioStream; the front end lives in js/ (shipped in static/).
+
+Traits hold the whole current state (``rows``), so a saved notebook's widget
+state is complete. Changes are coalesced here and sent at most ``max_rate_hz``
+times a second as one row-keyed ``delta``: ``rows`` is updated in place (so
+traitlets does not resend it) and the browser merges each delta into its own
+copy. A page reload asks the kernel for the state and gets the full ``rows``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import traitlets
+
+from .client import PortfolioStream
+from .protocol import Account, ClosedPosition, Fill, Order, Position
+from .throttle import Throttle
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _asset(name: str) -> Path:
+    """The front end as shipped (static/, made by `make install` or the wheel build),
+    else straight from the source checkout's js/src/."""
+    shipped = STATIC / name
+    return shipped if shipped.exists() else Path(__file__).parent.parent / "js" / "src" / name
+
+
+POSITION_FIELDS = (
+    "symbol",
+    "qty",
+    "side",
+    "avg_entry_price",
+    "current_price",
+    "market_value",
+    "unrealized_pl",
+    "unrealized_plpc",
+    "change_today",
+)
+ORDER_FIELDS = (
+    "id",
+    "symbol",
+    "side",
+    "type",
+    "qty",
+    "filled_qty",
+    "filled_avg_price",
+    "limit_price",
+    "status",
+    "updated_at",
+)
+ACCOUNT_FIELDS = (
+    "equity",
+    "last_equity",
+    "cash",
+    "buying_power",
+    "realized_pl_today",
+    "currency",
+    "updated_at",
+)
+FILL_FIELDS = ("id", "order_id", "symbol", "side", "qty", "price")
+
+
+def _row(obj: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    return {f: (None if (v := getattr(obj, f)) is None else str(v)) for f in fields}
+
+
+class _LiveWidget(anywidget.AnyWidget):
+    _esm = _asset("widget.js")
+    _css = _asset("widget.css")
+
+    component = traitlets.Unicode("portfolio").tag(sync=True)
+    status = traitlets.Unicode("connecting").tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+    last_data_ms = traitlets.Float(None, allow_none=True).tag(sync=True)
+    live_s = traitlets.Float(5.0).tag(sync=True)
+    delayed_s = traitlets.Float(30.0).tag(sync=True)
+    max_rows = traitlets.Int(50).tag(sync=True)
+    title = traitlets.Unicode("").tag(sync=True)
+    rows = traitlets.Dict().tag(sync=True)
+    delta = traitlets.Dict().tag(sync=True)
+
+    _component = "portfolio"
+
+    def __init__(self, live: PortfolioStream, *, max_rate_hz: float = 10.0, **kwargs: Any) -> None:
+        super().__init__(component=self._component, **kwargs)
+        self.live = live
+        self.live_s, self.delayed_s = live.rules.live_s, live.rules.delayed_s
+        self._throttle = Throttle(max_rate_hz)
+        self._lock = threading.Lock()
+        self._dirty_positions: set[str] = set()
+        self._dirty_orders: set[str] = set()
+        self._dirty_account = False
+        self._new_fills: list[Fill] = []
+        with live._lock:
+            self.rows = self._full_rows()
+            self._sync_status()
+            self._unsubscribe = [
+                live.on("position", self._on_position),
+                live.on("order", self._on_order),
+                live.on("account", self._on_account),
+                live.on("fill", self._on_fill),
+                live.on("status", lambda _: self._changed()),
+            ]
+        self._ticker = threading.Thread(target=self._tick, name="alphaflow-widget-tick", daemon=True)
+        self._closed = threading.Event()
+        self._ticker.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        super().close()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        # Front ends without the widget (nbviewer, an HTML export that kept this
+        # alternative) fall back to the static snapshot.
+        from .report import snapshot_html
+
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        if isinstance(data, dict):
+            data["text/html"] = snapshot_html(self.live)
+        return bundle
+
+    # ------------------------------------------------------------- changes
+
+    def _on_position(self, data: Position | ClosedPosition) -> None:
+        with self._lock:
+            self._dirty_positions.add(data.symbol)
+        self._changed()
+
+    def _on_order(self, order: Order) -> None:
+        with self._lock:
+            self._dirty_orders.add(order.id)
+        self._changed()
+
+    def _on_account(self, _: Account) -> None:
+        with self._lock:
+            self._dirty_account = True
+        self._changed()
+
+    def _on_fill(self, fill: Fill) -> None:
+        with self._lock:
+            self._new_fills.append(fill)
+        self._changed()
+
+    def _changed(self) -> None:
+        with self._lock:
+            delay = self._throttle.request(time.monotonic())
+        if delay is None:
+            return
+        if delay == 0:
+            self.flush()
+        else:
+            timer = threading.Timer(delay, self.flush)
+            timer.daemon = True
+            timer.start()
+
+    def flush(self) -> None:
+        """Send what changed since the last flush as one delta (and status), in one message."""
+        live = self.live
+        with self._lock, live._lock:
+            positions, orders = self._dirty_positions, self._dirty_orders
+            account_dirty, fills = self._dirty_account, self._new_fills
+            self._dirty_positions, self._dirty_orders = set(), set()
+            self._dirty_account, self._new_fills = False, []
+            self._throttle.flushed(time.monotonic())
+            state = live._state
+            delta: dict[str, Any] = {
+                "version": self.rows.get("version", 0) + 1,
+                "positions": _table_delta(positions, state.positions, POSITION_FIELDS),
+                "orders": _table_delta(orders, state.orders, ORDER_FIELDS),
+                "fills": [_row(f, FILL_FIELDS) for f in fills],
+            }
+            if account_dirty:
+                delta["account"] = None if state.account is None else _row(state.account, ACCOUNT_FIELDS)
+            _merge(self.rows, delta)
+            with self.hold_sync():
+                self.delta = delta
+                self._sync_status()
+
+    def _sync_status(self) -> None:
+        live = self.live
+        self.status = live.status
+        self.error = "" if live.error is None else str(live.error)
+        updated = live.last_update
+        self.last_data_ms = None if updated is None else updated.timestamp() * 1000
+
+    def _tick(self) -> None:
+        """Heartbeats move last_data_ms without changing any row; keep the badge honest."""
+        while not self._closed.wait(1.0):
+            updated = self.live.last_update
+            ms = None if updated is None else updated.timestamp() * 1000
+            if ms != self.last_data_ms or self.live.status != self.status:
+                with self.hold_sync():
+                    self._sync_status()
+
+    def _full_rows(self) -> dict[str, Any]:
+        state = self.live._state
+        return {
+            "version": 0,
+            "positions": {s: _row(p, POSITION_FIELDS) for s, p in state.positions.items()},
+            "orders": {i: _row(o, ORDER_FIELDS) for i, o in state.orders.items()},
+            "account": None if state.account is None else _row(state.account, ACCOUNT_FIELDS),
+        }
+
+
+def _table_delta(keys: set[str], table: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    upsert = {k: _row(table[k], fields) for k in sorted(keys) if k in table}
+    return {"upsert": upsert, "remove": sorted(k for k in keys if k not in table)}
+
+
+def _merge(rows: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Apply a delta to rows in place (what the browser does with its copy)."""
+    for table in ("positions", "orders"):
+        current = rows.setdefault(table, {})
+        current.update(delta[table]["upsert"])
+        for key in delta[table]["remove"]:
+            current.pop(key, None)
+    if "account" in delta:
+        rows["account"] = delta["account"]
+    rows["version"] = delta["version"]
+
+
+class PortfolioWidget(_LiveWidget):
+    """Status, freshness, account, positions (flashing P&L), orders and fill toasts."""
+
+    _component = "portfolio"
+
+
+class ConnectionStatus(_LiveWidget):
+    _component = "status"
+
+
+class LiveBadge(_LiveWidget):
+    _component = "badge"
+
+
+class PositionsTable(_LiveWidget):
+    _component = "positions"
+
+
+class AccountSummary(_LiveWidget):
+    _component = "account"
+
+
+__all__ = ["AccountSummary", "ConnectionStatus", "LiveBadge", "PortfolioWidget", "PositionsTable"]

@@ -48,11 +48,10 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The stream server with the market simulator; state and the demo user's token
-# stay in .demo/ (git-ignored), so a second `make demo` resumes the same portfolio.
+# The stream server with the simulated market and JupyterLab on the live notebook;
+# state and the demo token stay in .demo/ (git-ignored). Ctrl-C stops both.
 demo: install
-	@mkdir -p $(DEMO) && chmod 700 $(DEMO)
-	$(BIN)/alphaflow-live serve --source sim --users-file $(DEMO)/users.json --state-dir $(DEMO)/state
+	$(BIN)/python scripts/demo.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(STATIC) js/node_modules test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -23,9 +23,9 @@ _CSS = """
 .afl-snap .afl-snap-badge{background:#57606a;color:#fff;border-radius:10px;padding:1px 8px;font-size:11px;
   font-weight:600;letter-spacing:.02em}
 .afl-snap .afl-snap-asof{color:var(--jp-ui-font-color2,#57606a)}
-.afl-snap dl{display:flex;gap:18px;margin:0 0 8px 0;flex-wrap:wrap}
-.afl-snap dt{color:var(--jp-ui-font-color2,#57606a);font-size:11px}
-.afl-snap dd{margin:0;font-weight:600;font-variant-numeric:tabular-nums}
+.afl-snap .afl-snap-summary{display:flex;gap:18px;margin:0 0 8px 0;flex-wrap:wrap}
+.afl-snap .afl-snap-k{display:block;color:var(--jp-ui-font-color2,#57606a);font-size:11px}
+.afl-snap .afl-snap-v{display:block;font-weight:600;font-variant-numeric:tabular-nums}
 .afl-snap table{border-collapse:collapse;width:100%}
 .afl-snap th,.afl-snap td{padding:3px 8px;border-bottom:1px solid var(--jp-border-color2,#eaeef2);
   text-align:right;font-variant-numeric:tabular-nums}
@@ -81,14 +81,18 @@ def snapshot_html(live: PortfolioStream) -> str:
     if account is not None:
         day = account.equity - account.last_equity
         tone = "afl-gain" if day > 0 else "afl-loss" if day < 0 else ""
-        parts.append(
-            "<dl>"
-            f"<div><dt>Equity</dt><dd>{_money(account.equity)} {html.escape(account.currency)}</dd></div>"
-            f'<div><dt>Day P&amp;L</dt><dd class="{tone}">{_money(day, sign=True)}</dd></div>'
-            f"<div><dt>Cash</dt><dd>{_money(account.cash)}</dd></div>"
-            f"<div><dt>Buying power</dt><dd>{_money(account.buying_power)}</dd></div>"
-            "</dl>"
-        )
+        # Spans, not a definition list: report templates style dl/dt/dd in ways that break the layout.
+        items = [
+            ("Equity", f"{_money(account.equity)} {html.escape(account.currency)}", ""),
+            ("Day P&amp;L", _money(day, sign=True), tone),
+            ("Cash", _money(account.cash), ""),
+            ("Buying power", _money(account.buying_power), ""),
+        ]
+        parts.append('<div class="afl-snap-summary">')
+        for label, value, css in items:
+            parts.append(f'<div><span class="afl-snap-k">{label}</span>')
+            parts.append(f'<span class="afl-snap-v {css}">{value}</span></div>')
+        parts.append("</div>")
     parts.append('<table aria-label="Positions"><thead><tr>')
     parts += [f'<th scope="col">{html.escape(title)}</th>' for title, _, _ in _COLUMNS]
     parts.append("</tr></thead><tbody>")

@@ -551,3 +551,16 @@ def test_json_schema_is_json_serialisable() -> None:
     encoded = msgspec.json.encode(json_schema())
 
     assert msgspec.json.decode(encoded)["title"] == "AlphaFlow Live wire protocol v1"
+
+
+def test_the_published_json_schema_is_the_one_the_code_exports() -> None:
+    """docs/protocol.schema.json is what other services read; regenerate it with
+    `alphaflow-live schema > docs/protocol.schema.json` when the wire schema changes."""
+    import json
+    from pathlib import Path
+
+    from alphaflow_live.protocol import json_schema
+
+    published = Path(__file__).resolve().parents[2] / "docs" / "protocol.schema.json"
+
+    assert json.loads(published.read_text()) == json.loads(json.dumps(json_schema()))

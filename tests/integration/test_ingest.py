@@ -118,7 +118,7 @@ async def test_published_events_keep_their_source_timestamp(start_server, tokens
     publisher = await Publisher.connect(server.ws_base, tokens.service)
     source_ts = "2026-03-01T09:30:00.123456Z"
 
-    await publisher.publish("alice", [ev.fill(ts=source_ts)])
+    await publisher.publish("alice", [ev.fill(at=source_ts)])
     batch = await client.pump_one()
 
     assert batch.events[0].ts == source_ts

@@ -52,7 +52,7 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=int, default=env("PORT", 8765, int), help="0 picks a free port")
     serve.add_argument(
         "--source",
-        choices=["sim", "none"],
+        choices=["sim", "alpaca", "none"],
         default=env("SOURCE", "sim"),
         help="where events come from besides /ws/ingest (default: the market simulator)",
     )
@@ -122,6 +122,38 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
         default=env("SIM_SPEED", 60.0, float),
         help="how many times faster than the clock prices move",
     )
+    alpaca = serve.add_argument_group(
+        "Alpaca (--source alpaca; keys from APCA_API_KEY_ID / APCA_API_SECRET_KEY, never from flags)"
+    )
+    alpaca.add_argument(
+        "--alpaca-user",
+        default=env("ALPACA_USER", None),
+        help="the AlphaFlow user whose portfolio the Alpaca account is",
+    )
+    alpaca.add_argument(
+        "--alpaca-accounts",
+        type=Path,
+        default=env("ALPACA_ACCOUNTS", None, Path),
+        help="TOML file of [[account]] user / key_env / secret_env / paper, for several users",
+    )
+    flag("--alpaca-live", "trade the live account (default: paper)")
+    alpaca.add_argument("--alpaca-feed", choices=["iex", "sip"], default=env("ALPACA_FEED", "iex"))
+    alpaca.add_argument(
+        "--alpaca-reconcile-s",
+        type=float,
+        default=env("ALPACA_RECONCILE_S", 60.0, float),
+        help="how often to reconcile with the broker's REST state",
+    )
+    for name, what in (
+        ("trading", "REST"),
+        ("stream", "trade updates stream"),
+        ("data", "market data stream"),
+    ):
+        alpaca.add_argument(
+            f"--alpaca-{name}-url",
+            default=env(f"ALPACA_{name.upper()}_URL", None),
+            help=f"override the {what} URL (tests, proxies)",
+        )
     serve.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
 
 
@@ -170,6 +202,12 @@ def run(args: argparse.Namespace) -> int:
     server = StreamServer(config, watcher, store)
     if args.source == "sim":
         server.add_source("sim", simulator_source(args))
+    elif args.source == "alpaca":
+        try:
+            server.add_source("alpaca", alpaca_source_from(args))
+        except ValueError as exc:
+            print(f"alphaflow-live serve: {exc}", file=sys.stderr)
+            return 2
 
     def ready(server: StreamServer) -> None:
         url = f"ws://{config.host}:{server.port}/ws/portfolio"
@@ -221,6 +259,34 @@ def ensure_demo_user(users_file: Path) -> str | None:
         if (principal := store.authenticate(token)) is not None and principal.name == "demo":
             return token
     return None
+
+
+def alpaca_source_from(args: argparse.Namespace) -> Callable[[Any], Any]:
+    from .sources.alpaca import (
+        AlpacaAccount,
+        AlpacaConfigError,
+        AlpacaOptions,
+        alpaca_source,
+        credentials,
+        load_accounts,
+    )
+
+    if args.alpaca_accounts:
+        accounts = load_accounts(args.alpaca_accounts)
+    elif args.alpaca_user:
+        accounts = [AlpacaAccount(user_id=args.alpaca_user, paper=not args.alpaca_live)]
+    else:
+        raise AlpacaConfigError("--source alpaca needs --alpaca-user NAME (or --alpaca-accounts FILE)")
+    for account in accounts:
+        credentials(account)  # fail at start, with the variable to set, rather than in the background
+    options = AlpacaOptions(
+        feed=args.alpaca_feed,
+        trading_url=args.alpaca_trading_url,
+        stream_url=args.alpaca_stream_url,
+        data_url=args.alpaca_data_url,
+        reconcile_s=args.alpaca_reconcile_s,
+    )
+    return alpaca_source(accounts, options)
 
 
 def simulator_source(args: argparse.Namespace) -> Callable[[Any], Any]:

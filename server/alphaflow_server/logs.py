@@ -28,3 +28,5 @@ def configure_logging(level: str = "INFO") -> None:
     # INFO/DEBUG; our own handshake code logs what matters, without URLs.
     logging.getLogger("alphaflow.server.websockets").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    # alpaca-py narrates every (re)connect at INFO; our source logs what matters, structured.
+    logging.getLogger("alpaca").setLevel(logging.WARNING)

@@ -148,6 +148,10 @@ class PortfolioState:
 
     # ---------------------------------------------------------------- reading
 
+    def has_fill(self, fill_id: str) -> bool:
+        """Whether this execution is among the fills held (the most recent ``max_fills``)."""
+        return fill_id in self._fill_ids
+
     def recent_fills(self, limit: int = MAX_SNAPSHOT_FILLS) -> list[Fill]:
         """The newest ``limit`` fills, newest last."""
         start = max(0, len(self.fills) - limit)

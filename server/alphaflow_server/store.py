@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -201,6 +200,3 @@ class SqliteStore:
 def open_store(directory: Path | None, *, reset: bool = False) -> StateStore:
     return MemoryStore() if directory is None else SqliteStore(directory, reset=reset)
 
-
-def rows_after(events: Sequence[tuple[int, float, bytes]], seq: int) -> list[tuple[int, float, bytes]]:
-    return [row for row in events if row[0] > seq]

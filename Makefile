@@ -57,5 +57,7 @@ clean:
 	rm -rf $(VENV) $(DEMO) $(STATIC) js/node_modules test-artifacts .pytest_cache .mypy_cache .ruff_cache
 
 # Benchmarks print figures; they never pass or fail on absolute times.
+# `make bench` is the full run (by hand, several minutes); QUICK=1 for the quick one
+# that `make test` also runs (tests/bench). Writes bench/results/latest.json.
 bench: install
-	$(BIN)/python bench/bench_client.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)

@@ -370,21 +370,19 @@ class StreamServer:
                 finally:
                     self.sessions.pop(ws, None)
                     chosen_code = session.close_code
-            elif admission.stream == "ingest":
-                chosen_code = await serve_requests(
-                    ws,
-                    decode=decode_ingest_message,
-                    handle=self._ingest,
-                    messages_per_s=self.config.max_messages_per_s,
-                    describe="ingest",
-                )
             else:
+                route: tuple[Callable[[str], Any], Callable[[Any], Awaitable[Any]]] = (
+                    (decode_ingest_message, self._ingest)
+                    if admission.stream == "ingest"
+                    else (decode_admin_message, self._admin)
+                )
+                decode, handle = route
                 chosen_code = await serve_requests(
                     ws,
-                    decode=decode_admin_message,
-                    handle=self._admin,
+                    decode=decode,
+                    handle=handle,
                     messages_per_s=self.config.max_messages_per_s,
-                    describe="admin",
+                    describe=admission.stream,
                 )
         finally:
             with contextlib.suppress(Exception):

@@ -199,4 +199,3 @@ class SqliteStore:
 
 def open_store(directory: Path | None, *, reset: bool = False) -> StateStore:
     return MemoryStore() if directory is None else SqliteStore(directory, reset=reset)
-

@@ -28,8 +28,10 @@ def start_alpaca_server(
         "alice",
         "--batch-window-ms",
         "10",
+        # Only the reconciles at start and after a reconnect: a periodic one would race the
+        # fake's REST state against the fills these tests push.
         "--alpaca-reconcile-s",
-        "2",
+        "3600",
         "--alpaca-trading-url",
         fake.trading_url,
         "--alpaca-stream-url",
@@ -47,6 +49,18 @@ async def position_of(server, tokens: Tokens, symbol: str, predicate=lambda p: T
         return (position, snapshot) if position is not None and predicate(position) else None
 
     return await async_wait_until(found, timeout=timeout, what=f"{symbol} to reach the server's snapshot")
+
+
+async def settled(server, fake: FakeAlpaca, tokens: Tokens) -> None:
+    """Wait until both start-up reconciles (at start, and when the trade stream connects) have
+    been applied, so that neither can overwrite what a test pushes next with the fake's REST state."""
+    await asyncio.to_thread(fake.wait_for, lambda: fake.trading_listeners >= 1, 20, "the trading stream")
+
+    async def both_applied() -> bool:
+        # Each reconcile here publishes the AAPL position and the account: two events.
+        return (await rest_snapshot(server.http_base, tokens.alice)).seq >= 4
+
+    await async_wait_until(both_applied, timeout=20, what="the reconcile after the stream connected")
 
 
 @pytest.fixture
@@ -74,8 +88,7 @@ async def test_a_fill_moves_quantity_average_price_and_cash_exactly(
     start_server, fake, tokens: Tokens
 ) -> None:
     server = start_alpaca_server(start_server, fake)
-    await position_of(server, tokens, "AAPL")
-    await asyncio.to_thread(fake.wait_for, lambda: fake.trading_listeners >= 1, 20, "the trading stream")
+    await settled(server, fake, tokens)
 
     order = order_json("AAPL", "buy", 5, status="filled", filled_avg_price="190.00")
     fake.trade_update("fill", order, execution_id="ex-1", qty="5", price="190.00", position_qty="15")
@@ -105,8 +118,7 @@ async def test_a_fill_missed_while_the_stream_was_down_arrives_by_reconcile(
     start_server, fake, tokens
 ) -> None:
     server = start_alpaca_server(start_server, fake)
-    await position_of(server, tokens, "AAPL")
-    await asyncio.to_thread(fake.wait_for, lambda: fake.trading_listeners >= 1, 20, "the trading stream")
+    await settled(server, fake, tokens)
     connections = fake.trading_connections
 
     fake.drop_trading_stream()
@@ -119,10 +131,10 @@ async def test_a_fill_missed_while_the_stream_was_down_arrives_by_reconcile(
 
 async def test_a_redelivered_execution_is_applied_once(start_server, fake, tokens: Tokens) -> None:
     server = start_alpaca_server(start_server, fake)
-    await position_of(server, tokens, "AAPL")
-    await asyncio.to_thread(fake.wait_for, lambda: fake.trading_listeners >= 1, 20, "the trading stream")
+    await settled(server, fake, tokens)
 
     order = order_json("AAPL", "buy", 2, status="filled", filled_avg_price="190.00")
+    fake.set_position("AAPL", 12, "187.666667", "190.00")  # what the broker's REST says afterwards
     fake.trade_update("fill", order, execution_id="ex-7", qty="2", price="190.00", position_qty="12")
     await position_of(server, tokens, "AAPL", lambda p: p.qty == 12)
     fake.redeliver_last()

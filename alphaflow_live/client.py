@@ -306,11 +306,15 @@ class PortfolioStream:
             self._changed.notify_all()
         self._emit("status", [status])
 
-    def _touch(self) -> None:
-        """Data is current as of now (a heartbeat, a batch, a polled snapshot)."""
+    def _touch(self, server_time: str) -> None:
+        """A heartbeat: the data held is current as of ``server_time``, though nothing changed."""
         with self._lock:
-            self._last_data_at = time.monotonic()
+            self._mark_current(server_time)
             self._changed.notify_all()
+
+    def _mark_current(self, server_time: str) -> None:
+        self._last_data_at = time.monotonic()
+        self._last_update = pd.Timestamp(datetime.fromisoformat(server_time))
 
     def _fail(self, error: Exception) -> None:
         log.error("alphaflow-live: %s", error)
@@ -351,8 +355,7 @@ class PortfolioStream:
             if account is not None:
                 self._equity.append((account.updated_at, float(account.equity), float(account.cash),
                                      float(account.equity - account.last_equity)))  # fmt: skip
-        self._last_data_at = time.monotonic()
-        self._last_update = pd.Timestamp(datetime.fromisoformat(server_time))
+        self._mark_current(server_time)
         self._changed.notify_all()
 
     def _record_latency(self, events: Iterable[Event]) -> None:

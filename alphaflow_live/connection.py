@@ -160,7 +160,7 @@ def _handle(stream: PortfolioStream, message: Any) -> bool:
             log.info("alphaflow-live: %s at seq %s; resubscribing to heal", outcome.value, stream.seq)
             return _start_healing(stream)
     elif isinstance(message, Heartbeat):
-        stream._touch()
+        stream._touch(message.server_time)
         if stream.seq is not None and message.seq > stream.seq and not stream._healing:
             return _start_healing(stream)  # the server delivered more than we hold
     elif isinstance(message, Error):

@@ -202,3 +202,16 @@ async def test_an_asyncio_application_can_await_the_stream(start_server, tokens:
     await ticker
     assert count == 3
     live.close()
+
+
+async def test_a_heartbeat_moves_last_update_without_any_change(start_server, tokens: Tokens) -> None:
+    server = start_server("--heartbeat-s", "0.3")
+    with connect(server.ws_base, tokens.alice) as live:
+        await live.until(lambda live: live.status == "live" and live.last_update is not None)
+        first = live.last_update
+        seq = live.seq
+
+        await live.until(lambda live: live.last_update > first, timeout=10)
+
+        assert live.seq == seq, "nothing changed: only heartbeats arrived"
+        assert live.freshness == "live"

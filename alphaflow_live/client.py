@@ -35,6 +35,7 @@ from .protocol import (
     CHANNELS,
     AccountEvent,
     Batch,
+    ClosedPosition,
     Event,
     FillEvent,
     OrderEvent,
@@ -399,8 +400,6 @@ def _changes_of(events: Iterable[Event]) -> dict[str, list[Any]]:
 
 def _diff(before: tuple[Any, ...], state: PortfolioState) -> dict[str, list[Any]]:
     positions, orders, account, fill_ids = before
-    from .protocol import ClosedPosition
-
     return {
         "fill": [f for f in state.fills if f.id not in fill_ids],
         "position": [p for s, p in state.positions.items() if positions.get(s) != p]

@@ -185,19 +185,22 @@ class _LiveWidget(anywidget.AnyWidget):
                 self.delta = delta
                 self._sync_status()
 
-    def _sync_status(self) -> None:
+    def _status_traits(self) -> tuple[str, str, float | None]:
         live = self.live
-        self.status = live.status
-        self.error = "" if live.error is None else str(live.error)
         updated = live.last_update
-        self.last_data_ms = None if updated is None else updated.timestamp() * 1000
+        return (
+            live.status,
+            "" if live.error is None else str(live.error),
+            None if updated is None else updated.timestamp() * 1000,
+        )
+
+    def _sync_status(self) -> None:
+        self.status, self.error, self.last_data_ms = self._status_traits()
 
     def _tick(self) -> None:
         """Heartbeats move last_data_ms without changing any row; keep the badge honest."""
         while not self._closed.wait(1.0):
-            updated = self.live.last_update
-            ms = None if updated is None else updated.timestamp() * 1000
-            if ms != self.last_data_ms or self.live.status != self.status:
+            if self._status_traits() != (self.status, self.error, self.last_data_ms):
                 with self.hold_sync():
                     self._sync_status()
 

@@ -245,11 +245,7 @@ class StreamServer:
             return self._rest(path, principal)
         stream, role = route
         if principal.role != role:
-            return self._refuse(
-                http.HTTPStatus.FORBIDDEN,
-                "wrong_role",
-                f"{path} needs a token of role '{role}'; this token has role '{principal.role}'",
-            )
+            return self._wrong_role(path, role, principal)
         if stream == "portfolio" and not self.streaming_enabled:
             self.stats.handshakes_refused["streaming_disabled"] += 1
             return json_response(
@@ -311,22 +307,20 @@ class StreamServer:
         return response(http.HTTPStatus.OK, generate_latest(self._metrics_registry), CONTENT_TYPE_LATEST)
 
     def _rest(self, path: str, principal: Principal) -> Response:
+        role = "user" if path == SNAPSHOT_PATH else "admin"
+        if principal.role != role:
+            return self._wrong_role(path, role, principal)
         if path == SNAPSHOT_PATH:
-            if principal.role != "user":
-                return self._refuse(
-                    http.HTTPStatus.FORBIDDEN,
-                    "wrong_role",
-                    f"{path} needs a token of role 'user'; this token has role '{principal.role}'",
-                )
             state = self.bus.user(principal.name).state
             return json_response(http.HTTPStatus.OK, state.to_snapshot(format_timestamp(time.time())))
-        if principal.role != "admin":
-            return self._refuse(
-                http.HTTPStatus.FORBIDDEN,
-                "wrong_role",
-                f"{path} needs a token of role 'admin'; this token has role '{principal.role}'",
-            )
         return json_response(http.HTTPStatus.OK, self.stats_report())
+
+    def _wrong_role(self, path: str, role: str, principal: Principal) -> Response:
+        return self._refuse(
+            http.HTTPStatus.FORBIDDEN,
+            "wrong_role",
+            f"{path} needs a token of role '{role}'; this token has role '{principal.role}'",
+        )
 
     def stats_report(self) -> StatsReport:
         by_stream: Counter[str] = Counter({"portfolio": 0, "ingest": 0, "admin": 0})

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
+
+from alphaflow_live.protocol import format_timestamp
 
 
 class _UtcFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{stamp}.{int(record.msecs):03d}Z"
+        return format_timestamp(record.created)
 
 
 def configure_logging(level: str = "INFO") -> None:

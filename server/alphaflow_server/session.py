@@ -31,6 +31,7 @@ from alphaflow_live.protocol import (
     MessageError,
     Ping,
     Pong,
+    Snapshot,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -266,8 +267,11 @@ class PortfolioSession:
         )
 
     def _push_snapshot(self, channels: Sequence[str]) -> None:
+        self._push(self._snapshot(channels))
+
+    def _snapshot(self, channels: Sequence[str]) -> Snapshot:
         self._stats.snapshots_out += 1
-        self._push(self._stream.state.to_snapshot(self._server_time(), channels))
+        return self._stream.state.to_snapshot(self._server_time(), channels)
 
     def _push(self, message: Any) -> None:
         if self._resync_pending:
@@ -308,8 +312,7 @@ class PortfolioSession:
             self._watchdog = None
         channels = [c for c in CHANNELS if c in self._batcher.channels]
         self._batcher.reset(self._stream.seq)
-        self._stats.snapshots_out += 1
-        return encode(self._stream.state.to_snapshot(self._server_time(), channels))
+        return encode(self._snapshot(channels))
 
     async def _send_loop(self) -> None:
         ws = self.ws

@@ -149,6 +149,8 @@ class AccountFeed:
         self._holding_something = asyncio.Event()
         self._reconcile_soon = asyncio.Event()
         self._healthy_rest = False
+        # The problem last logged, so that a failure repeating every reconcile is logged once.
+        self._problem: str | None = None
 
     # ---------------------------------------------------------------- running
 
@@ -239,13 +241,15 @@ class AccountFeed:
                 len(orders),
             )
         self._healthy_rest = True
+        self._problem = None
         self.server.health.set(self.component, "healthy")
         await self._sync_subscriptions()
         return True
 
     def _unhealthy(self, reason: str) -> bool:
-        if self._healthy_rest or self.server.health.reasons.count(f"{self.component}: {reason}") == 0:
+        if reason != self._problem:
             log.error("event=alpaca_unavailable user=%s reason=%r", self.user_id, reason)
+        self._problem = reason
         self._healthy_rest = False
         self.server.health.set(self.component, "degraded", reason)
         return False

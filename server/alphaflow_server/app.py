@@ -67,6 +67,10 @@ class Admission:
     opened_at: float
 
 
+# How close together re-mark turns may be and still share one wake-up of the event loop.
+REMARK_GRANULARITY_S = 0.005
+
+
 def new_epoch() -> str:
     return "e-" + secrets.token_hex(6)
 
@@ -82,7 +86,11 @@ class StreamServer:
             journal=JournalOptions(retain_events=config.retain_events, retain_seconds=config.retain_seconds),
         )
         self.engine = PortfolioEngine()
-        self.ledger = Ledger(self.bus, self.engine, store or MemoryStore())
+        if config.mark_interval_s < 0:
+            raise ValueError("mark_interval_ms must be >= 0")
+        self.ledger = Ledger(
+            self.bus, self.engine, store or MemoryStore(), remark_interval_s=config.mark_interval_s
+        )
         self.stats = ServerStats(started_at=time.monotonic())
         self.health = Health()
         self.limiter = ConnectionLimiter(max_total=config.max_connections, max_per_user=config.max_per_user)
@@ -96,6 +104,7 @@ class StreamServer:
         self._source_tasks: list[asyncio.Task[None]] = []
         self._metrics_registry: Any = None
         self.port: int | None = None
+        self._remark_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -110,6 +119,7 @@ class StreamServer:
         )
         if restored:
             log.info("event=state_restored users=%d", restored)
+        self._remark_due()
         if not config.disable_streaming and loaded.meta.get("streaming_enabled") == "false":
             self.set_streaming(False)
         self._server = await serve(
@@ -142,6 +152,9 @@ class StreamServer:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
+        if self._remark_timer is not None:
+            self._remark_timer.cancel()
+        self._remark(everyone=True)  # so the journal holds every mark that was acknowledged
         self.ledger.checkpoint_all()
         self.ledger.store.close()
         log.info("event=stopped")
@@ -400,8 +413,31 @@ class StreamServer:
             return Ack(id=message.id, seqs=seqs)
         self.ledger.prices(message.prices, now)
         self.stats.events_in += len(message.prices)
-        # The repriced positions belong to many users' sequences: no seqs to report.
+        self._remark_due()
+        # The repriced positions belong to many users' sequences, and may follow a little later
+        # (each holder is re-marked at most once per mark interval): no seqs to report.
         return Ack(id=message.id, seqs=[])
+
+    def _remark_due(self) -> None:
+        """Re-mark the holders whose turn has come, then wait for the next turn."""
+        if self._remark_timer is not None:
+            self._remark_timer.cancel()
+            self._remark_timer = None
+        loop = asyncio.get_running_loop()
+        due = self.ledger.next_remark()
+        if due is not None and due <= loop.time():
+            self._remark()
+            due = self.ledger.next_remark()
+        if due is not None:
+            # Turns closer together than this share one wake-up, so one does not cost a loop pass each.
+            self._remark_timer = loop.call_at(max(due, loop.time() + REMARK_GRANULARITY_S), self._remark_due)
+
+    def _remark(self, *, everyone: bool = False) -> None:
+        try:
+            self.ledger.remark(asyncio.get_running_loop().time(), everyone=everyone)
+        except Exception:
+            # The marks are kept (the engine took them back); their holders' turn comes again.
+            log.exception("event=remark_failed")
 
     async def _admin(self, message: SetStreaming | GetStats) -> Ack | Stats:
         if isinstance(message, SetStreaming):

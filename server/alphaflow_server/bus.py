@@ -77,9 +77,11 @@ class EventBus:
             stream = self._users[user_id] = UserStream(user_id, journal, state)
         return stream
 
-    def append(self, user_id: str, events: Sequence[Event], now: float) -> list[Event]:
+    def append(
+        self, user_id: str, events: Sequence[Event], now: float, *, owned: bool = False
+    ) -> list[Event]:
         """Stamp the events with the user's next seqs and journal them (not yet delivered)."""
-        return self.user(user_id).journal.append(events, now)
+        return self.user(user_id).journal.append(events, now, owned=owned)
 
     def rollback(self, user_id: str, seq: int) -> None:
         """Forget what was appended after ``seq`` (its commit failed; nothing was delivered)."""

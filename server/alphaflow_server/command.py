@@ -67,6 +67,12 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
     flag("--reset-state", "move the existing state file aside and start empty")
     serve.add_argument("--batch-window-ms", type=int, default=env("BATCH_WINDOW_MS", 250, int))
     flag("--no-leading-edge", "make every batch wait a full window (no immediate send of isolated events)")
+    serve.add_argument(
+        "--mark-interval-ms",
+        type=int,
+        default=env("MARK_INTERVAL_MS", None, int),
+        help="how often price ticks re-mark the holders' positions (default: the batch window)",
+    )
     serve.add_argument("--max-connections", type=int, default=env("MAX_CONNECTIONS", 100, int))
     serve.add_argument("--max-per-user", type=int, default=env("MAX_PER_USER", 5, int))
     serve.add_argument("--heartbeat-s", type=float, default=env("HEARTBEAT_S", 15.0, float))
@@ -172,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         users_file=users_file,
         batch_window_ms=args.batch_window_ms,
         leading_edge=not args.no_leading_edge,
+        mark_interval_ms=args.mark_interval_ms,
         max_connections=args.max_connections,
         max_per_user=args.max_per_user,
         heartbeat_s=args.heartbeat_s,

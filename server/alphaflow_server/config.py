@@ -25,6 +25,9 @@ class ServerConfig:
     batch_window_ms: int = 250
     # Off reproduces a plain periodic batcher (every batch waits a full window).
     leading_edge: bool = True
+    # Price ticks move marks at once; holders' positions are re-derived at most once per
+    # this interval (None: the batch window, the most often a client could see them change).
+    mark_interval_ms: int | None = None
     max_connections: int = 100
     max_per_user: int = 5
     heartbeat_s: float = 15.0
@@ -44,6 +47,11 @@ class ServerConfig:
     @property
     def batch_window_s(self) -> float:
         return self.batch_window_ms / 1000.0
+
+    @property
+    def mark_interval_s(self) -> float:
+        interval = self.batch_window_ms if self.mark_interval_ms is None else self.mark_interval_ms
+        return interval / 1000.0
 
     # A dead peer is dropped within 2 × heartbeat_s: a ping every heartbeat_s,
     # then the pong timeout and the closing handshake share one more heartbeat_s.

@@ -28,6 +28,7 @@ import decimal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Literal
 
 import msgspec
 
@@ -42,17 +43,23 @@ from alphaflow_live.protocol import (
     PositionClosedEvent,
     PositionEvent,
     PriceTick,
+    trusted_construction,
 )
 
 MONEY = Decimal("0.0001")
 PRICE = Decimal("0.000001")
 RATIO = Decimal("0.000001")
 ZERO = Decimal(0)
+Side = Literal["long", "short"]
 _CONTEXT = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN)
 
 
+_quantize = _CONTEXT.quantize
+
+
 def _q(value: Decimal, exp: Decimal) -> Decimal:
-    return value.quantize(exp, context=_CONTEXT) + ZERO  # + 0 turns -0 into 0
+    rounded = _quantize(value, exp)
+    return rounded if rounded else abs(rounded)  # abs turns -0 into 0
 
 
 @dataclass(slots=True)
@@ -65,6 +72,9 @@ class Holding:
     # position carried into the day, the average entry for one opened today.
     intraday_base: Decimal
     asset_class: str = "us_equity"
+    # What the position's figures need that only a fill changes, computed once per (qty, average):
+    # (qty, average, qty + 0, side, quantized average, cost basis, quantized cost basis, |cost basis|).
+    fixed: tuple[Decimal, Decimal, Decimal, Side, Decimal, Decimal, Decimal, Decimal] | None = None
 
 
 @dataclass(slots=True)
@@ -84,6 +94,8 @@ class SavePoint:
     holdings: dict[str, Holding | None]
     # symbol → (price, day reference) before, None where there was none
     marks: dict[str, tuple[Decimal | None, Decimal | None]]
+    # marks of the user's holdings not yet sent as positions (``process`` sends them)
+    stale: dict[str, str] | None = None
 
 
 class BookRecord(msgspec.Struct, kw_only=True):
@@ -105,6 +117,12 @@ class PortfolioEngine:
         self.day_reference: dict[str, Decimal] = {}
         self._holders: dict[str, set[str]] = {}
         self._multiplier = buying_power_multiplier
+        # Marks not yet turned into events: user → symbol → ts of the symbol's last tick, in the
+        # order of the ticks, so the user's last tick comes last (timestamps of mixed precision do
+        # not compare as strings).
+        self._stale: dict[str, dict[str, str]] = {}
+        # symbol → (price, reference, quantized price, quantized change today), for the latest mark
+        self._quoted: dict[str, tuple[Decimal, Decimal | None, Decimal, Decimal]] = {}
 
     def book(self, user_id: str) -> Book:
         book = self.books.get(user_id)
@@ -117,13 +135,19 @@ class PortfolioEngine:
     def process(self, user_id: str, events: Sequence[Event]) -> list[Event]:
         """Expand one user's published events into everything their stream carries.
 
-        Each fill is followed by its position (or ``position_closed``); the
-        account they change follows once, after the last of them, stamped
-        with that event's ``ts`` (intermediate accounts would be coalesced
-        away anyway, and each costs a pass over the user's holdings).
+        Marks of the user's holdings not yet sent go first, as positions, so
+        the stream never shows an account valued at prices its positions do not
+        show. Each fill is followed by its position (or ``position_closed``);
+        the account they change follows once, after the last of them, stamped
+        with that event's ``ts`` (intermediate accounts would be coalesced away
+        anyway, and each costs a pass over the user's holdings).
         """
         out: list[Event] = []
         account_ts: str | None = None
+        stale = self._stale.pop(user_id, None)
+        if stale:
+            out.extend(self.position_event(user_id, symbol, ts) for symbol, ts in stale.items())
+            account_ts = next(reversed(stale.values()))
         for event in events:
             if isinstance(event, FillEvent):
                 out.append(event)
@@ -147,25 +171,80 @@ class PortfolioEngine:
             out.append(self._account_event(user_id, account_ts))
         return out
 
-    def apply_prices(self, ticks: Iterable[PriceTick]) -> dict[str, list[Event]]:
-        """New marks; returns, per user holding a ticked symbol, fresh position and account events."""
-        # user → symbol → ts of that symbol's last tick, in the order of the ticks, so the user's
-        # last tick comes last (timestamps of mixed precision do not compare as strings).
-        touched: dict[str, dict[str, str]] = {}
+    def mark(self, ticks: Iterable[PriceTick]) -> list[str]:
+        """Record new marks; returns the users whose positions they made stale (and were not).
+
+        The holders' positions are derived later, by ``remark``: deriving is
+        the expensive part (a position per holder per tick, and an account), and
+        a stream coalesces positions per batch window anyway, so the server
+        marks on every tick and re-derives once per window per user.
+        """
+        stale = self._stale
+        newly: list[str] = []
         for tick in ticks:
-            self.prices[tick.symbol] = tick.price
-            self.day_reference.setdefault(tick.symbol, tick.price)
-            for user_id in self._holders.get(tick.symbol, ()):
-                self.books[user_id].holdings[tick.symbol].current_price = tick.price
-                symbols = touched.setdefault(user_id, {})
-                symbols.pop(tick.symbol, None)
-                symbols[tick.symbol] = tick.ts
+            symbol, price = tick.symbol, tick.price
+            self.prices[symbol] = price
+            self.day_reference.setdefault(symbol, price)
+            for user_id in self._holders.get(symbol, ()):
+                self.books[user_id].holdings[symbol].current_price = price
+                symbols = stale.get(user_id)
+                if symbols is None:
+                    symbols = stale[user_id] = {}
+                    newly.append(user_id)
+                else:
+                    symbols.pop(symbol, None)
+                symbols[symbol] = tick.ts
+        return newly
+
+    def remark(self) -> dict[str, list[Event]]:
+        """Per user with marks not yet sent: a position per marked symbol, then one account."""
+        return self.derive(self.take_stale())
+
+    def take_stale(self, user_ids: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
+        """The marks not yet sent (user → symbol → ts), of these users or all; the engine forgets them."""
+        if user_ids is None:
+            stale, self._stale = self._stale, {}
+            return stale
+        return {user_id: symbols for user_id in user_ids if (symbols := self._stale.pop(user_id, None))}
+
+    def derive(self, stale: dict[str, dict[str, str]]) -> dict[str, list[Event]]:
+        """Per user: a position per stale symbol, then the account, stamped with the last mark's ts."""
         result: dict[str, list[Event]] = {}
-        for user_id, symbols in touched.items():
-            events: list[Event] = [self.position_event(user_id, s, ts) for s, ts in symbols.items()]
-            events.append(self._account_event(user_id, next(reversed(symbols.values()))))
-            result[user_id] = events
+        position = self.position
+        # Every value is computed from checked ones: the checks would only cost time here.
+        with trusted_construction():
+            for user_id, symbols in stale.items():
+                holdings = self.books[user_id].holdings
+                events: list[Event] = [
+                    PositionEvent(ts=ts, data=position(holdings[symbol], ts))
+                    for symbol, ts in symbols.items()
+                ]
+                events.append(self._account_event(user_id, next(reversed(symbols.values()))))
+                result[user_id] = events
         return result
+
+    def return_stale(self, stale: dict[str, dict[str, str]]) -> None:
+        """Put back marks taken by ``take_stale`` whose events were not committed."""
+        for user_id, symbols in stale.items():
+            holdings = self.books[user_id].holdings
+            newer = self._stale.get(user_id, {})
+            kept = {s: ts for s, ts in symbols.items() if s in holdings and s not in newer}
+            if kept or newer:
+                self._stale[user_id] = kept | newer
+
+    def mark_stale(self, user_id: str, symbol: str, ts: str) -> None:
+        """Send the holding's position (and the account) on the user's next re-mark."""
+        symbols = self._stale.setdefault(user_id, {})
+        symbols.pop(symbol, None)
+        symbols[symbol] = ts
+
+    def stale_users(self) -> list[str]:
+        return list(self._stale)
+
+    def apply_prices(self, ticks: Iterable[PriceTick]) -> dict[str, list[Event]]:
+        """New marks and, per user holding a ticked symbol, fresh position and account events."""
+        self.mark(ticks)
+        return self.remark()
 
     def roll_day(self) -> None:
         """Start a new trading day: today's P&L restarts from current marks."""
@@ -248,7 +327,8 @@ class PortfolioEngine:
             return SavePoint(user_id, None, {}, marks)
         held = {s: dataclasses.replace(h) if (h := book.holdings.get(s)) else None for s in symbols}
         scalars = (book.cash, book.realized_pl_today, book.last_equity, book.currency)
-        return SavePoint(user_id, scalars, held, marks)
+        stale = self._stale.get(user_id)
+        return SavePoint(user_id, scalars, held, marks, dict(stale) if stale else None)
 
     def restore(self, point: SavePoint) -> None:
         for symbol, (price, reference) in point.marks.items():
@@ -267,6 +347,10 @@ class PortfolioEngine:
                     book.holdings.pop(symbol, None)
                 else:
                     book.holdings[symbol] = holding
+            if point.stale:
+                self._stale[point.user_id] = {
+                    s: ts for s, ts in point.stale.items() if s in book.holdings
+                } | self._stale.get(point.user_id, {})
         self._rebuild_holders()
 
     def _rebuild_holders(self) -> None:
@@ -277,6 +361,11 @@ class PortfolioEngine:
 
     def _drop(self, user_id: str, symbol: str) -> None:
         self.book(user_id).holdings.pop(symbol, None)
+        stale = self._stale.get(user_id)
+        if stale is not None:
+            stale.pop(symbol, None)
+            if not stale:
+                del self._stale[user_id]
         holders = self._holders.get(symbol)
         if holders is not None:
             holders.discard(user_id)
@@ -290,25 +379,38 @@ class PortfolioEngine:
 
     def position(self, h: Holding, updated_at: str) -> Position:
         ctx = _CONTEXT
-        market_value = ctx.multiply(h.qty, h.current_price)
-        cost_basis = ctx.multiply(h.qty, h.avg_entry_price)
-        unrealized = ctx.subtract(market_value, cost_basis)
-        plpc = ctx.divide(unrealized, abs(cost_basis)) if cost_basis else ZERO
-        intraday = ctx.multiply(h.qty, ctx.subtract(h.current_price, h.intraday_base))
+        price = h.current_price
+        fixed = h.fixed
+        if fixed is None or fixed[0] is not h.qty or fixed[1] is not h.avg_entry_price:
+            cost = ctx.multiply(h.qty, h.avg_entry_price)
+            side: Side = "long" if h.qty > 0 else "short"
+            fixed = (
+                h.qty, h.avg_entry_price, h.qty + ZERO, side, _q(h.avg_entry_price, PRICE), cost,
+                _q(cost, MONEY), abs(cost),
+            )  # fmt: skip
+            h.fixed = fixed
+        _, _, qty, side, avg_entry_price, cost_basis, cost_basis_q, abs_cost = fixed
+        quoted = self._quoted.get(h.symbol)
         reference = self.day_reference.get(h.symbol)
-        change = ctx.divide(ctx.subtract(h.current_price, reference), reference) if reference else ZERO
+        if quoted is None or quoted[0] is not price or quoted[1] is not reference:
+            change = ctx.divide(ctx.subtract(price, reference), reference) if reference else ZERO
+            quoted = self._quoted[h.symbol] = (price, reference, _q(price, PRICE), _q(change, RATIO))
+        market_value = ctx.multiply(h.qty, price)
+        unrealized = ctx.subtract(market_value, cost_basis)
+        plpc = ctx.divide(unrealized, abs_cost) if abs_cost else ZERO
+        intraday = ctx.multiply(h.qty, ctx.subtract(price, h.intraday_base))
         return Position(
             symbol=h.symbol,
-            qty=h.qty + ZERO,
-            side="long" if h.qty > 0 else "short",
-            avg_entry_price=_q(h.avg_entry_price, PRICE),
-            current_price=_q(h.current_price, PRICE),
+            qty=qty,
+            side=side,
+            avg_entry_price=avg_entry_price,
+            current_price=quoted[2],
             market_value=_q(market_value, MONEY),
-            cost_basis=_q(cost_basis, MONEY),
+            cost_basis=cost_basis_q,
             unrealized_pl=_q(unrealized, MONEY),
             unrealized_plpc=_q(plpc, RATIO),
             unrealized_intraday_pl=_q(intraday, MONEY),
-            change_today=_q(change, RATIO),
+            change_today=quoted[3],
             asset_class=h.asset_class,
             updated_at=updated_at,
         )

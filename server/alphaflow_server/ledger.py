@@ -24,11 +24,12 @@ from alphaflow_live.state import PortfolioState
 from .bus import EventBus
 from .engine import BookRecord, PortfolioEngine
 from .journal import Journal
+from .remarks import RemarkSchedule
 from .store import Commit, LoadedState, StateStore
 
 log = logging.getLogger("alphaflow.server.ledger")
 
-_event_decoder = msgspec.json.Decoder(Event)
+_events_decoder = msgspec.json.Decoder(list[Event])
 _book_decoder = msgspec.json.Decoder(BookRecord)
 
 # Fills a checkpoint keeps (the server's state holds this many; snapshots send 100).
@@ -43,8 +44,10 @@ class Ledger:
         store: StateStore,
         *,
         checkpoint_every: int = 2000,
+        remark_interval_s: float = 0.0,
     ) -> None:
         self.bus = bus
+        self.schedule = RemarkSchedule(remark_interval_s)
         self.engine = engine
         self.store = store
         self._checkpoint_every = checkpoint_every
@@ -56,6 +59,8 @@ class Ledger:
         """Apply one publish for one user; returns the seqs of every event it caused."""
         save_point = self.engine.save_point(user_id, events)
         expanded = self.engine.process(user_id, events)
+        if save_point.stale:  # the user's stale positions go out with this publish
+            self.schedule.sent(user_id, now)
         # Marks a fill or position introduced are kept too, so a restart prices the same.
         prices, references = self.engine.prices, self.engine.day_reference
         marks = {
@@ -68,12 +73,35 @@ class Ledger:
             raise
         return [event.seq for event in stamped[user_id]]
 
-    def prices(self, ticks: Sequence[PriceTick], now: float) -> int:
-        """Move marks; returns how many events the repricing produced across users."""
-        derived = self.engine.apply_prices(ticks)
+    def prices(self, ticks: Sequence[PriceTick], now: float) -> None:
+        """Record new marks, durably; the holders' events follow from ``remark``.
+
+        The marks are committed before the engine takes them, so a failed
+        commit changes nothing. A crash before the holders' re-mark loses no
+        event: ``restore`` re-marks every holding whose stream lags its mark.
+        """
         references = self.engine.day_reference
         price_rows = {t.symbol: (str(t.price), str(references.get(t.symbol, t.price))) for t in ticks}
-        stamped = self._commit(derived, now, books=set(derived), prices=price_rows)
+        self.store.commit(Commit(prices=price_rows))
+        self.schedule.stale(self.engine.mark(ticks), now)
+
+    def next_remark(self) -> float | None:
+        """When ``remark`` next has work (loop time), if it has any."""
+        return self.schedule.next_due()
+
+    def remark(self, now: float, *, everyone: bool = False) -> int:
+        """Positions and accounts of the holders whose re-mark is due (or of all); how many events."""
+        users = self.schedule.take_all(now) if everyone else self.schedule.take_due(now)
+        stale = self.engine.take_stale(users)
+        if not stale:
+            return 0
+        derived = self.engine.derive(stale)
+        try:
+            stamped = self._commit(derived, now)
+        except BaseException:
+            self.engine.return_stale(stale)
+            self.schedule.stale(stale, now)
+            raise
         return sum(len(events) for events in stamped.values())
 
     def set_meta(self, key: str, value: str) -> None:
@@ -90,11 +118,13 @@ class Ledger:
         wall = time.time()
         bus = self.bus
         seqs_before = {user_id: bus.user(user_id).seq for user_id in per_user}
-        stamped = {user_id: bus.append(user_id, events, now) for user_id, events in per_user.items()}
+        # The engine built these lists for this commit (or decoded them from the publisher's frame).
+        stamped = {
+            user_id: bus.append(user_id, events, now, owned=True) for user_id, events in per_user.items()
+        }
         commit = Commit(prices=prices or {})
-        for user_id, events in stamped.items():
-            commit.events.extend((user_id, e.seq, wall, encode(e)) for e in events)
-        for user_id in set(per_user) | set(books):
+        commit.events.extend((user_id, wall, events) for user_id, events in stamped.items() if events)
+        for user_id in books:
             stream = bus.user(user_id)
             book = encode(self.engine.dump_book(user_id)) if user_id in self.engine.books else None
             commit.users[user_id] = (stream.epoch, stream.seq, book)
@@ -146,7 +176,11 @@ class Ledger:
             if rows.checkpoint is not None and rows.checkpoint_seq is not None:
                 state.apply_snapshot(snapshot_decoder.decode(rows.checkpoint))
                 checkpoint_seq = rows.checkpoint_seq
-            entries = [(now - (wall_now - at), _event_decoder.decode(blob)) for _, at, blob in rows.events]
+            entries = [
+                (now - (wall_now - at), event)
+                for at, blob in rows.events
+                for event in _events_decoder.decode(blob)
+            ]
             journal.restore(entries)
             journal.seq = rows.seq
             journal.trim(now)
@@ -156,4 +190,23 @@ class Ledger:
             self._checkpointed[user_id] = checkpoint_seq
             if rows.book is not None:
                 self.engine.load_book(user_id, _book_decoder.decode(rows.book))
+        self._restale(format_timestamp(wall_now))
+        self.schedule.stale(self.engine.stale_users(), now)
         return len(loaded.users)
+
+    def _restale(self, ts: str) -> None:
+        """Holdings whose stream shows an older mark than the last one committed get re-marked.
+
+        Books are stored when a fill or an authoritative event changes them, not
+        on every mark, and marks are committed before their re-mark; after a
+        restart the prices table is the newest word on every symbol.
+        """
+        engine = self.engine
+        for user_id, book in engine.books.items():
+            shown = self.bus.user(user_id).state.positions
+            for symbol, holding in book.holdings.items():
+                price = engine.prices.get(symbol, holding.current_price)
+                holding.current_price = price
+                position = shown.get(symbol)
+                if position is None or position.current_price != engine.position(holding, ts).current_price:
+                    engine.mark_stale(user_id, symbol, ts)

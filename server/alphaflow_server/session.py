@@ -243,15 +243,17 @@ class PortfolioSession:
 
     def _flush(self) -> None:
         self._flush_timer = None
-        if self._batcher is None or self._resync_pending:
-            return
         now = self._loop.time()
-        batch = self._batcher.take(now)
-        if batch is not None:
+        # More than one batch is due only with a window of 0 (a frame per event).
+        while self._batcher is not None and not self._resync_pending:
+            batch = self._batcher.take(now)
+            if batch is None:
+                break
             self._push_batch(batch)
             if batch.oldest_added_at is not None:
                 self._stats.latency.record(now - batch.oldest_added_at)
-        self._schedule_flush()
+        if not self._resync_pending:
+            self._schedule_flush()
 
     def _push_batch(self, batch: PendingBatch) -> None:
         self._stats.events_delivered += batch.events_in

@@ -10,18 +10,39 @@ restarted server does not have, so the epoch can stay the same across a
 restart (``kill -9`` included) and clients resume exactly. SQLite runs in WAL
 mode with ``synchronous=NORMAL``: a commit is one write to the log, durable
 against a crash of the process (not of the machine, which needs FULL).
+
+Events are stored a run at a time: one row per user per commit, holding the
+JSON array of the events with seqs ``seq`` to ``last_seq``. A re-mark of a
+thousand users is then a thousand rows, not tens of thousands.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-SCHEMA_VERSION = "1"
+from alphaflow_live.protocol import Event, encode
+
+SCHEMA_VERSION = "2"
 DB_NAME = "alphaflow-state.sqlite3"
+
+# Version 1 kept one row per event; version 2 keeps runs (see the module's doc).
+_MIGRATE_1_TO_2 = """
+ALTER TABLE events RENAME TO events_v1;
+CREATE TABLE events (
+    user_id TEXT NOT NULL, seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, appended_at REAL NOT NULL,
+    events BLOB NOT NULL,
+    PRIMARY KEY (user_id, seq)
+);
+INSERT INTO events
+    SELECT user_id, seq, seq, appended_at, CAST('[' || CAST(event AS TEXT) || ']' AS BLOB) FROM events_v1;
+DROP TABLE events_v1;
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -29,9 +50,10 @@ CREATE TABLE IF NOT EXISTS users (
     user_id TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, book BLOB
 );
 CREATE TABLE IF NOT EXISTS events (
-    user_id TEXT NOT NULL, seq INTEGER NOT NULL, appended_at REAL NOT NULL, event BLOB NOT NULL,
+    user_id TEXT NOT NULL, seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, appended_at REAL NOT NULL,
+    events BLOB NOT NULL,
     PRIMARY KEY (user_id, seq)
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     user_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, snapshot BLOB NOT NULL
 );
@@ -52,8 +74,8 @@ class UserRows:
     book: bytes | None
     checkpoint_seq: int | None = None
     checkpoint: bytes | None = None
-    # (seq, wall-clock time appended, encoded event), oldest first
-    events: list[tuple[int, float, bytes]] = field(default_factory=list)
+    # (wall-clock time appended, JSON array of consecutive events), oldest first
+    events: list[tuple[float, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -67,9 +89,10 @@ class LoadedState:
 class Commit:
     """What one transaction writes."""
 
-    # (user_id, seq, wall-clock time, encoded event)
-    events: list[tuple[str, int, float, bytes]] = field(default_factory=list)
-    # user_id → (epoch, seq, encoded book or None)
+    # (user_id, wall-clock time, consecutive stamped events); stores that keep them encode them
+    events: list[tuple[str, float, Sequence[Event]]] = field(default_factory=list)
+    # user_id → (epoch, seq, encoded book or None); a user's seq also follows from its events,
+    # so a commit of events alone need not write the user's row
     users: dict[str, tuple[str, int, bytes | None]] = field(default_factory=dict)
     # symbol → (price, day reference)
     prices: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -124,6 +147,8 @@ class SqliteStore:
             ) from None
         if version is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        elif version[0] == "1":
+            self._db.executescript(f"BEGIN; {_MIGRATE_1_TO_2} COMMIT;")
         elif version[0] != SCHEMA_VERSION:
             raise StateError(
                 f"the state file {self.path} has schema version {version[0]}, "
@@ -145,12 +170,16 @@ class SqliteStore:
         }
         for user_id, seq, snapshot in db.execute("SELECT user_id, seq, snapshot FROM checkpoints"):
             if user_id in users:
-                users[user_id].checkpoint_seq, users[user_id].checkpoint = seq, snapshot
-        for user_id, seq, appended_at, event in db.execute(
-            "SELECT user_id, seq, appended_at, event FROM events ORDER BY user_id, seq"
+                rows = users[user_id]
+                rows.checkpoint_seq, rows.checkpoint = seq, snapshot
+                rows.seq = max(rows.seq, seq)
+        for user_id, last_seq, appended_at, events in db.execute(
+            "SELECT user_id, last_seq, appended_at, events FROM events ORDER BY user_id, seq"
         ):
             if user_id in users:
-                users[user_id].events.append((seq, appended_at, event))
+                rows = users[user_id]
+                rows.events.append((appended_at, events))
+                rows.seq = max(rows.seq, last_seq)
         prices = {s: (p, r) for s, p, r in db.execute("SELECT symbol, price, reference FROM prices")}
         meta = dict(db.execute("SELECT key, value FROM meta"))
         return LoadedState(users=users, prices=prices, meta=meta)
@@ -160,7 +189,10 @@ class SqliteStore:
         try:
             db.execute("BEGIN")
             if commit.events:
-                db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", commit.events)
+                db.executemany(
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                    [(user, run[0].seq, run[-1].seq, at, encode(run)) for user, at, run in commit.events],
+                )
             for user_id, (epoch, seq, book) in commit.users.items():
                 db.execute(
                     "INSERT INTO users VALUES (?, ?, ?, ?) ON CONFLICT(user_id) DO UPDATE SET "
@@ -186,7 +218,7 @@ class SqliteStore:
         try:
             db.execute("BEGIN")
             db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (user_id, seq, snapshot))
-            db.execute("DELETE FROM events WHERE user_id = ? AND seq <= ?", (user_id, prune_through))
+            db.execute("DELETE FROM events WHERE user_id = ? AND last_seq <= ?", (user_id, prune_through))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

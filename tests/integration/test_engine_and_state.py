@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from alphaflow_live.protocol import Batch, FillEvent, Snapshot, Subscribed
+from alphaflow_live.protocol import Ack, Batch, FillEvent, Snapshot, Subscribed
 from alphaflow_server.auth import TokenStore, load_users_file, save_users_file
 from tests.support import admin
 from tests.support import events as ev
@@ -46,7 +46,8 @@ def sell(symbol: str, qty: str, price: str, fill_id: str) -> FillEvent:
 async def test_fills_and_prices_give_exact_pnl_including_a_short_and_a_flip(
     start_server, tokens: Tokens
 ) -> None:
-    server = start_server("--batch-window-ms", "5")
+    # Mark interval 0: every tick re-marks at once, so a snapshot right after a tick shows it.
+    server = start_server("--batch-window-ms", "5", "--mark-interval-ms", "0")
     client = await StreamClient.connect(server.ws_base, tokens.alice)
     await client.subscribe()
     feed = await Publisher.connect(server.ws_base, tokens.service)
@@ -119,6 +120,48 @@ async def test_a_published_position_is_authoritative(start_server, tokens: Token
 
     nvda = snapshot.positions[0]
     assert (nvda.qty, nvda.avg_entry_price, nvda.unrealized_pl) == (D("7"), D("118.000000"), D("21.0000"))
+
+
+async def test_ticks_re_mark_a_holder_at_most_once_per_interval_and_a_fill_takes_the_stale_marks(
+    start_server, tokens: Tokens
+) -> None:
+    server = start_server("--mark-interval-ms", "60000")  # no second re-mark within the test
+    feed = await Publisher.connect(server.ws_base, tokens.service)
+    await feed.publish("alice", [buy("AAPL", "10", "100.00", "b1")])
+    before = await rest_snapshot(server.http_base, tokens.alice)
+
+    for cents in range(1, 21):  # the first re-marks at once (a leading edge), the rest wait their turn
+        await feed.prices([ev.tick("AAPL", f"101.{cents:02d}")])
+    after_ticks = await rest_snapshot(server.http_base, tokens.alice)
+    seqs = await feed.publish("alice", [buy("MSFT", "1", "400.00", "m1")])
+    after_fill = await rest_snapshot(server.http_base, tokens.alice)
+
+    assert after_ticks.seq == before.seq + 2, "twenty ticks, one re-mark: a position and an account"
+    assert after_ticks.positions[0].current_price == D("101.010000")
+    assert len(seqs) == 4, "the stale AAPL position, then the fill, its position and the account"
+    aapl = next(p for p in after_fill.positions if p.symbol == "AAPL")
+    assert (aapl.current_price, aapl.unrealized_pl) == (D("101.200000"), D("12.0000"))
+
+
+async def test_marks_acknowledged_but_not_yet_re_marked_survive_a_kill(start_server, tokens: Tokens) -> None:
+    server = start_server("--mark-interval-ms", "60000")
+    feed = await Publisher.connect(server.ws_base, tokens.service)
+    await feed.publish("alice", [buy("AAPL", "10", "100.00", "b1")])
+    await feed.prices([ev.tick("AAPL", "101.00")])  # re-marked at once
+    ack = await feed.prices([ev.tick("AAPL", "102.50")])  # durable, its re-mark waits
+    waiting = await rest_snapshot(server.http_base, tokens.alice)
+
+    await asyncio.to_thread(server.stop, signal.SIGKILL)
+    await asyncio.to_thread(server.start)
+    after = await rest_snapshot(server.http_base, tokens.alice)
+
+    assert isinstance(ack, Ack)
+    assert waiting.positions[0].current_price == D("101.000000")
+    assert after.epoch == waiting.epoch and after.seq == waiting.seq + 2, "the restart re-marked AAPL"
+    assert (after.positions[0].current_price, after.account.long_market_value) == (
+        D("102.500000"),
+        D("1025.0000"),
+    )
 
 
 async def test_a_client_resumes_exactly_after_the_server_is_killed_and_restarted(

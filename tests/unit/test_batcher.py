@@ -486,7 +486,11 @@ def _drive(run: Run) -> tuple[list[Event], list[tuple[float, bool, PendingBatch]
             )
             if got is not None:
                 taken.append((now, force, got))
-                first_pending, last_flush = None, now
+                left = any(e.seq > got.to_seq and e.channel in run.channels for e in added)
+                # A window of 0 takes one event at a time; the rest stay due.
+                if not (run.window == 0 and left):
+                    first_pending = None
+                last_flush = now
         assert b.upto == seq
         assert b.deadline() == _expected_deadline(run, first_pending, last_flush), (
             f"deadline: expected {_expected_deadline(run, first_pending, last_flush)}, got {b.deadline()}"
@@ -587,3 +591,20 @@ def test_a_client_applying_the_batches_ends_with_the_servers_state(run: Run) -> 
         assert client.account == server.account
     if "trades" in run.channels:
         assert list(client.fills) == list(server.fills)
+
+
+# ------------------------------------------------------------------ window 0
+
+
+def test_a_window_of_zero_sends_every_event_in_a_frame_of_its_own_covering_every_seq() -> None:
+    b = Batcher(window_s=0, channels=["positions", "account"], cursor=0)
+    # seq 2 (a fill) is on a channel this connection does not take: a batch still covers it.
+    b.add(stamp([position("AAPL", "1"), fill(), position("AAPL", "2"), account()]), now=10.0)
+
+    batches = list(iter(lambda: b.take(10.0), None))
+
+    assert [(x.from_seq, x.to_seq, seqs(x.events)) for x in batches] == [
+        (0, 1, [1]),
+        (1, 3, [3]),
+        (3, 4, [4]),
+    ], "one event per frame, nothing coalesced, and the frames' ranges are contiguous"

@@ -145,6 +145,67 @@ def test_a_price_tick_remarks_the_position_and_the_account() -> None:
     )  # fmt: skip
 
 
+def test_marks_wait_for_remark_which_sends_each_symbol_once_at_its_last_price_and_ts() -> None:
+    engine = funded()
+    engine.process("alice", [fill(symbol="AAPL", qty="10", price="187.20", at=ts(1))])
+    engine.process("alice", [fill(symbol="TSLA", qty="2", price="250.00", at=ts(1))])
+
+    newly = engine.mark([tick("AAPL", "190.00", ts(2)), tick("TSLA", "251.00", ts(3))])
+    again = engine.mark([tick("AAPL", "191.00", ts(4))])
+    out = engine.remark()
+
+    assert newly == ["alice"] and again == [], "a user is newly stale once until re-marked"
+    events = out["alice"]
+    assert [(type(e).__name__, e.ts) for e in events] == [
+        ("PositionEvent", ts(3)),
+        ("PositionEvent", ts(4)),
+        ("AccountEvent", ts(4)),
+    ], "one position per symbol, in the order of their last marks, then the account"
+    assert [str(e.data.current_price) for e in events[:2]] == ["251.000000", "191.000000"]
+    assert engine.remark() == {}, "nothing is stale after a re-mark"
+
+
+def test_a_fill_sends_the_users_stale_positions_first_so_the_account_matches_them() -> None:
+    engine = funded()
+    engine.process("alice", [fill(symbol="AAPL", qty="10", price="187.20", at=ts(1))])
+    engine.process("alice", [fill(symbol="TSLA", qty="2", price="250.00", at=ts(1))])
+    engine.mark([tick("TSLA", "240.00", ts(2))])
+
+    out = engine.process("alice", [fill(symbol="AAPL", qty="1", price="188.00", at=ts(3))])
+
+    assert [type(e).__name__ for e in out] == ["PositionEvent", "FillEvent", "PositionEvent", "AccountEvent"]
+    assert (out[0].data.symbol, str(out[0].data.current_price), out[0].ts) == ("TSLA", "240.000000", ts(2))
+    assert engine.remark() == {}, "the fill took the stale marks"
+
+
+def test_stale_marks_taken_but_not_committed_come_back_without_overriding_newer_ones() -> None:
+    engine = funded()
+    engine.process("alice", [fill(symbol="AAPL", qty="10", price="187.20", at=ts(1))])
+    engine.process("alice", [fill(symbol="TSLA", qty="2", price="250.00", at=ts(1))])
+    engine.mark([tick("AAPL", "190.00", ts(2)), tick("TSLA", "251.00", ts(2))])
+    taken = engine.take_stale(["alice"])
+    engine.mark([tick("AAPL", "192.00", ts(3))])
+
+    engine.return_stale(taken)
+    out = engine.remark()["alice"]
+
+    assert [(e.data.symbol, e.ts) for e in out[:-1]] == [("TSLA", ts(2)), ("AAPL", ts(3))]
+    assert str(out[1].data.current_price) == "192.000000"
+
+
+def test_a_symbol_closed_while_stale_is_not_re_marked() -> None:
+    engine = funded()
+    engine.process("alice", [fill(symbol="AAPL", qty="10", price="187.20", at=ts(1))])
+    engine.process("alice", [fill(symbol="TSLA", qty="2", price="250.00", at=ts(1))])
+    engine.mark([tick("AAPL", "190.00", ts(2))])
+    taken = engine.take_stale()
+    engine.process("alice", [fill(symbol="AAPL", side="sell", qty="10", price="190.00", at=ts(3))])
+
+    engine.return_stale(taken)
+
+    assert engine.remark() == {}
+
+
 def test_a_reduction_keeps_the_average_entry_and_realizes_the_closed_part() -> None:
     engine = funded()
     engine.process(

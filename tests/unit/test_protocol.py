@@ -564,3 +564,38 @@ def test_the_published_json_schema_is_the_one_the_code_exports() -> None:
     published = Path(__file__).resolve().parents[2] / "docs" / "protocol.schema.json"
 
     assert json.loads(published.read_text()) == json.loads(json.dumps(json_schema()))
+
+
+def test_every_decimal_field_of_every_data_struct_is_checked_for_finiteness() -> None:
+    import typing
+
+    from alphaflow_live import protocol
+
+    for cls in (protocol.Position, protocol.Order, protocol.Account, protocol.Fill, protocol.PriceTick):
+        hints = typing.get_type_hints(cls, vars(protocol))
+        decimals = {
+            name
+            for name in cls.__struct_fields__
+            if hints[name] is Decimal or Decimal in typing.get_args(hints[name])
+        }
+        assert set(cls._decimals) == decimals, cls.__name__
+
+
+def test_trusted_construction_skips_the_checks_only_inside_its_block() -> None:
+    from alphaflow_live.protocol import PriceTick, trusted_construction
+
+    with trusted_construction():
+        PriceTick(symbol="AAPL", price=Decimal("NaN"), ts="2026-02-31T00:00:00.000Z")
+    with pytest.raises(ValueError, match="finite"):
+        PriceTick(symbol="AAPL", price=Decimal("NaN"), ts="2026-01-04T14:03:11.120Z")
+    with pytest.raises(ValueError, match="real date"):
+        PriceTick(symbol="AAPL", price=Decimal("1"), ts="2026-02-31T00:00:00.000Z")
+
+
+def test_data_and_events_stay_out_of_the_cyclic_garbage_collector() -> None:
+    import gc
+
+    from alphaflow_live.protocol import ClosedPosition, PositionClosedEvent
+
+    event = PositionClosedEvent(ts="2026-01-04T14:03:11.120Z", data=ClosedPosition(symbol="AAPL"))
+    assert not gc.is_tracked(event) and not gc.is_tracked(event.data)

@@ -1,0 +1,119 @@
+"""RemarkSchedule: a leading edge, then at most one re-mark per user per interval, each user in its phase."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alphaflow_server.remarks import RemarkSchedule
+
+INTERVAL = 0.25
+
+
+def test_a_user_stale_after_a_quiet_interval_is_due_at_once() -> None:
+    schedule = RemarkSchedule(INTERVAL)
+
+    schedule.stale(["alice"], now=10.0)
+
+    assert schedule.next_due() == 10.0
+    assert schedule.take_due(10.0) == ["alice"]
+    assert schedule.next_due() is None
+
+
+def test_a_user_stale_again_within_the_interval_waits_for_the_interval_to_pass() -> None:
+    schedule = RemarkSchedule(INTERVAL)
+    schedule.stale(["alice"], now=10.0)
+    schedule.take_due(10.0)
+
+    schedule.stale(["alice"], now=10.1)
+
+    assert schedule.take_due(10.2) == []
+    assert schedule.next_due() == pytest.approx(10.0 + INTERVAL)
+    assert schedule.take_due(10.0 + INTERVAL) == ["alice"]
+
+
+def test_each_user_keeps_its_own_phase_so_turns_spread_over_the_interval() -> None:
+    schedule = RemarkSchedule(INTERVAL)
+    schedule.stale(["alice"], now=10.0)
+    assert schedule.take_due(10.0) == ["alice"]
+    schedule.stale(["bob"], now=10.1)
+    assert schedule.take_due(10.1) == ["bob"]
+
+    schedule.stale(["alice", "bob"], now=10.2)
+
+    assert schedule.take_due(10.0 + INTERVAL) == ["alice"]
+    assert schedule.take_due(10.1 + INTERVAL) == ["bob"]
+
+
+def test_a_user_sent_by_another_path_waits_a_full_interval_from_then() -> None:
+    schedule = RemarkSchedule(INTERVAL)
+    schedule.stale(["alice"], now=10.0)
+    schedule.take_due(10.0)
+    schedule.stale(["alice"], now=10.1)
+
+    schedule.sent("alice", now=10.2)  # a fill published alice's stale positions
+
+    assert schedule.take_due(10.0 + INTERVAL) == []
+    assert schedule.take_due(10.2 + INTERVAL) == ["alice"]
+
+
+def test_an_interval_of_zero_makes_every_user_due_at_once() -> None:
+    schedule = RemarkSchedule(0)
+    for now in (1.0, 1.0, 1.001):
+        schedule.stale(["alice"], now=now)
+        assert schedule.take_due(now) == ["alice"]
+
+
+def test_take_all_empties_the_schedule() -> None:
+    schedule = RemarkSchedule(INTERVAL)
+    schedule.stale(["alice"], now=10.0)
+    schedule.take_due(10.0)
+    schedule.stale(["alice", "bob"], now=10.1)
+
+    assert sorted(schedule.take_all(10.1)) == ["alice", "bob"]
+    assert schedule.next_due() is None and len(schedule) == 0
+
+
+def test_a_negative_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="interval_s"):
+        RemarkSchedule(-0.1)
+
+
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["stale", "take", "sent"]),
+        st.sets(st.sampled_from(["a", "b", "c"]), min_size=1),
+        st.sampled_from([0.0, 0.01, 0.1, 0.2, 0.25, 0.3, 1.0]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_no_user_is_due_twice_within_an_interval_and_none_waits_longer_than_one(ops: list) -> None:
+    schedule = RemarkSchedule(INTERVAL)
+    now = 0.0
+    last_turn: dict[str, float] = {}
+    waiting_since: dict[str, float] = {}
+    for kind, users, dt in ops:
+        now += dt
+        if kind == "stale":
+            schedule.stale(sorted(users), now)
+            for user in users:
+                waiting_since.setdefault(user, now)
+        elif kind == "sent":
+            for user in users:
+                schedule.sent(user, now)
+                last_turn[user] = now
+        else:
+            for user in schedule.take_due(now):
+                assert now - last_turn.get(user, -1e9) >= INTERVAL - 1e-9, f"{user} re-marked twice"
+                last_turn[user] = now
+                waiting_since.pop(user, None)
+        due = schedule.next_due()
+        for user, since in waiting_since.items():
+            # Due no later than an interval after it went stale or was last sent, whichever is later.
+            bound = max(since, last_turn.get(user, -1e9) + INTERVAL)
+            assert due is not None and due <= bound + INTERVAL + 1e-9, f"{user} waits past {bound}"

@@ -52,7 +52,9 @@ def test_a_schema_1_state_file_is_upgraded_in_place_and_keeps_every_event(tmp_pa
         db.executescript(
             """
             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE users (user_id TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, book BLOB);
+            CREATE TABLE users (
+                user_id TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, book BLOB
+            );
             CREATE TABLE events (
                 user_id TEXT NOT NULL, seq INTEGER NOT NULL, appended_at REAL NOT NULL,
                 event BLOB NOT NULL, PRIMARY KEY (user_id, seq)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import contextvars
+import functools
 import time
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
@@ -528,7 +529,13 @@ def format_timestamp(epoch_seconds: float) -> str:
     millis = round((epoch_seconds - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    return f"{_whole_second(whole)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _whole_second(whole: int) -> str:
+    # A server stamps thousands of frames a second: format each second once.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def json_schema() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -175,7 +176,7 @@ async def clients(spec: dict[str, Any]) -> None:
                 stats.frames += 1
                 stats.payload_bytes += len(raw)
                 if measure or per_event:
-                    message = json.loads(raw)
+                    message = msgspec.json.decode(raw)
                     kind = message.get("type", "?")
                     stats.types[kind] += 1
                     if kind == "batch":

@@ -89,9 +89,10 @@ class Ledger:
         """When ``remark`` next has work (loop time), if it has any."""
         return self.schedule.next_due()
 
-    def remark(self, now: float, *, everyone: bool = False) -> int:
-        """Positions and accounts of the holders whose re-mark is due (or of all); how many events."""
-        users = self.schedule.take_all(now) if everyone else self.schedule.take_due(now)
+    def remark(self, now: float, *, everyone: bool = False, limit: int | None = None) -> int:
+        """Positions and accounts of the holders whose re-mark is due (at most ``limit`` of them,
+        or of all holders); how many events."""
+        users = self.schedule.take_all(now) if everyone else self.schedule.take_due(now, limit)
         stale = self.engine.take_stale(users)
         if not stale:
             return 0

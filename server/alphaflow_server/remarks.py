@@ -3,16 +3,21 @@
 A price tick moves the mark at once, but deriving the holders' positions and
 accounts waits for the holder's turn: at most one re-mark per user per
 interval, and the first mark after a quiet interval goes at once (a leading
-edge, like the batcher's). Each user keeps the phase of its own first mark, so
-under a steady stream of ticks the work spreads over the interval instead of
-arriving for every user at the same instant, and the event loop never stalls
-for a whole re-mark of every holder.
+edge, like the batcher's).
+
+Under a steady stream of ticks every holder is due every interval. If their
+turns all fell at the same instant, the event loop would stall for a re-mark of
+every holder at once (a thousand users take a good part of the interval),
+and every client would wait for it. So each user has a fixed phase in the
+interval, spread by a hash of the user id, and a turn that is not a leading
+edge falls on the user's phase: the work arrives in small, even slices.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import zlib
 from collections.abc import Iterable
 
 
@@ -25,17 +30,28 @@ class RemarkSchedule:
         # (due, user), earliest first; a user is in it at most once (``_queued``).
         self._heap: list[tuple[float, str]] = []
         self._queued: set[str] = set()
+        self._phases: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._queued)
 
     def stale(self, user_ids: Iterable[str], now: float) -> None:
         """These users' positions went stale at ``now``."""
-        heap, queued, last, interval = self._heap, self._queued, self._last, self.interval_s
+        heap, queued = self._heap, self._queued
         for user_id in user_ids:
             if user_id not in queued:
                 queued.add(user_id)
-                heapq.heappush(heap, (max(now, last.get(user_id, -math.inf) + interval), user_id))
+                heapq.heappush(heap, (self._due(user_id, now), user_id))
+
+    def _due(self, user_id: str, now: float) -> float:
+        earliest = self._last.get(user_id, -math.inf) + self.interval_s
+        if earliest <= now:
+            return now  # quiet for a whole interval: at once
+        phase = self._phases.get(user_id)
+        if phase is None:
+            phase = self._phases[user_id] = (zlib.crc32(user_id.encode()) % 1000) / 1000 * self.interval_s
+        # The first instant at or after ``earliest`` that falls on the user's phase.
+        return phase + math.ceil((earliest - phase) / self.interval_s - 1e-9) * self.interval_s
 
     def sent(self, user_id: str, now: float) -> None:
         """The user's positions went out by another path (a fill publishes the stale ones)."""
@@ -44,18 +60,19 @@ class RemarkSchedule:
     def next_due(self) -> float | None:
         return self._heap[0][0] if self._heap else None
 
-    def take_due(self, now: float) -> list[str]:
-        """The users whose turn has come; each counts as re-marked at ``now``."""
+    def take_due(self, now: float, limit: int | None = None) -> list[str]:
+        """The users whose turn has come (at most ``limit`` of them), in the order of their turns."""
         heap, queued, last, interval = self._heap, self._queued, self._last, self.interval_s
         due: list[str] = []
-        while heap and heap[0][0] <= now:
-            _, user_id = heapq.heappop(heap)
-            earliest = last.get(user_id, -math.inf) + interval
-            if earliest > now:  # ``sent`` moved its turn on while it waited
-                heapq.heappush(heap, (earliest, user_id))
+        while heap and heap[0][0] <= now and (limit is None or len(due) < limit):
+            at, user_id = heapq.heappop(heap)
+            if last.get(user_id, -math.inf) + interval > now:  # ``sent`` moved its turn on while it waited
+                heapq.heappush(heap, (self._due(user_id, now), user_id))
                 continue
             queued.discard(user_id)
-            last[user_id] = now
+            # The turn counts as taken when it was due, not when the loop got to it, so that a late
+            # wake-up does not push the user's next turn a whole interval off its phase.
+            last[user_id] = at
             due.append(user_id)
         return due
 

@@ -21,29 +21,46 @@ def test_a_user_stale_after_a_quiet_interval_is_due_at_once() -> None:
     assert schedule.next_due() is None
 
 
-def test_a_user_stale_again_within_the_interval_waits_for_the_interval_to_pass() -> None:
+def test_a_user_stale_again_within_the_interval_waits_for_its_phase_after_the_interval() -> None:
     schedule = RemarkSchedule(INTERVAL)
     schedule.stale(["alice"], now=10.0)
     schedule.take_due(10.0)
 
     schedule.stale(["alice"], now=10.1)
+    due = schedule.next_due()
 
-    assert schedule.take_due(10.2) == []
-    assert schedule.next_due() == pytest.approx(10.0 + INTERVAL)
-    assert schedule.take_due(10.0 + INTERVAL) == ["alice"]
+    assert due is not None and 10.0 + INTERVAL <= due < 10.0 + 2 * INTERVAL
+    assert schedule.take_due(due - 0.001) == []
+    assert schedule.take_due(due) == ["alice"]
 
 
-def test_each_user_keeps_its_own_phase_so_turns_spread_over_the_interval() -> None:
+def test_under_steady_ticks_a_user_is_re_marked_every_interval_on_its_phase() -> None:
     schedule = RemarkSchedule(INTERVAL)
-    schedule.stale(["alice"], now=10.0)
-    assert schedule.take_due(10.0) == ["alice"]
-    schedule.stale(["bob"], now=10.1)
-    assert schedule.take_due(10.1) == ["bob"]
+    turns = []
+    now = 10.0
+    while now < 13.0:
+        schedule.stale(["alice"], now)
+        if schedule.take_due(now):
+            turns.append(now)
+        now = round(now + 0.005, 3)
 
-    schedule.stale(["alice", "bob"], now=10.2)
+    gaps = [round(b - a, 3) for a, b in zip(turns[1:], turns[2:], strict=False)]
+    assert turns[0] == 10.0, "the first mark of a quiet spell goes at once"
+    assert set(gaps) == {INTERVAL}, f"after settling on its phase, one turn per interval: {gaps}"
 
-    assert schedule.take_due(10.0 + INTERVAL) == ["alice"]
-    assert schedule.take_due(10.1 + INTERVAL) == ["bob"]
+
+def test_phases_spread_many_users_turns_evenly_over_the_interval() -> None:
+    schedule = RemarkSchedule(INTERVAL)
+    users = [f"u{i:04d}" for i in range(1000)]
+    schedule.stale(users, now=10.0)
+    schedule.take_due(10.0)  # everyone at once: the leading edge
+
+    schedule.stale(users, now=10.001)
+    dues = sorted(due for due, _ in schedule._heap)
+
+    slices = [sum(1 for d in dues if k * INTERVAL / 10 <= d - 10.25 < (k + 1) * INTERVAL / 10) for k in range(10)]
+    assert sum(slices) == 1000
+    assert all(60 <= n <= 140 for n in slices), f"turns per tenth of the interval: {slices}"
 
 
 def test_a_user_sent_by_another_path_waits_a_full_interval_from_then() -> None:
@@ -54,8 +71,8 @@ def test_a_user_sent_by_another_path_waits_a_full_interval_from_then() -> None:
 
     schedule.sent("alice", now=10.2)  # a fill published alice's stale positions
 
-    assert schedule.take_due(10.0 + INTERVAL) == []
-    assert schedule.take_due(10.2 + INTERVAL) == ["alice"]
+    assert schedule.take_due(10.2 + INTERVAL - 0.001) == []
+    assert schedule.take_due(10.2 + 2 * INTERVAL) == ["alice"]
 
 
 def test_an_interval_of_zero_makes_every_user_due_at_once() -> None:

@@ -36,12 +36,18 @@ def coalesce(events: Sequence[Event]) -> list[Event]:
     The survivors keep their seq order. Applying the result gives the same
     state as applying every event, which the property tests check.
     """
+    return [events[i] for i in survivors(events)]
+
+
+def survivors(events: Sequence[Event]) -> list[int]:
+    """The indices of the events ``coalesce`` keeps, ascending."""
     seen: set[tuple[str, str]] = set()
-    kept: list[Event] = []
-    for event in reversed(events):
+    kept: list[int] = []
+    for i in range(len(events) - 1, -1, -1):
+        event = events[i]
         key: tuple[str, str]
         if isinstance(event, FillEvent):
-            kept.append(event)
+            kept.append(i)
             continue
         if isinstance(event, PositionEvent | PositionClosedEvent):
             key = ("position", event.data.symbol)
@@ -53,7 +59,7 @@ def coalesce(events: Sequence[Event]) -> list[Event]:
             raise TypeError(f"unexpected event {type(event).__name__}")
         if key not in seen:
             seen.add(key)
-            kept.append(event)
+            kept.append(i)
     kept.reverse()
     return kept
 
@@ -67,6 +73,8 @@ class PendingBatch:
     events_in: int
     # When the oldest of them was added (for delivery latency); None if empty.
     oldest_added_at: float | None
+    # ``events`` encoded, when every event came with its encoding (then a frame is a join).
+    encoded: list[bytes] | None = None
 
 
 class Batcher:
@@ -86,6 +94,8 @@ class Batcher:
         self.cursor = cursor
         self._upto = cursor
         self._pending: list[Event] = []
+        # The pending events encoded, while every add brought the encodings along.
+        self._pending_encoded: list[bytes] | None = []
         self._first_pending_at: float | None = None
         self._last_flush_at = -math.inf
 
@@ -96,6 +106,7 @@ class Batcher:
         self.cursor = cursor
         self._upto = cursor
         self._pending = []
+        self._pending_encoded = []
         self._first_pending_at = None
 
     @property
@@ -103,17 +114,28 @@ class Batcher:
         """The highest seq handed to this batcher."""
         return self._upto
 
-    def add(self, events: Sequence[Event], now: float) -> None:
-        fresh = [event for event in events if event.seq > self._upto]  # the rest a snapshot or replay covered
+    def add(self, events: Sequence[Event], now: float, encoded: Sequence[bytes] | None = None) -> None:
+        """Take events (and, optionally, each one encoded) stamped with the next seqs."""
+        upto = self._upto
+        start = 0
+        while start < len(events) and events[start].seq <= upto:
+            start += 1  # what a snapshot or replay covered already
         # Check before changing anything, so a broken call cannot lose the events before its gap.
-        for expected, event in enumerate(fresh, start=self._upto + 1):
+        for expected, event in enumerate(events[start:], start=upto + 1):
             if event.seq != expected:
                 raise ValueError(f"events must be contiguous: expected seq {expected}, got {event.seq}")
-        for event in fresh:
-            self._upto = event.seq
-            if event.channel in self.channels:
-                self._pending.append(event)
-        if self._pending and self._first_pending_at is None:
+        pending, raws, channels = self._pending, self._pending_encoded, self.channels
+        if encoded is None:
+            raws = self._pending_encoded = None
+        for i in range(start, len(events)):
+            event = events[i]
+            if event.channel in channels:
+                pending.append(event)
+                if raws is not None and encoded is not None:
+                    raws.append(encoded[i])
+        if len(events) > start:
+            self._upto = events[-1].seq
+        if pending and self._first_pending_at is None:
             self._first_pending_at = now
 
     def deadline(self) -> float | None:
@@ -139,23 +161,32 @@ class Batcher:
         if self.window_s == 0 and not force and len(self._pending) > 1:
             # One frame per event; the next call takes the next one (``force`` takes them all).
             first, *rest = self._pending
-            batch = PendingBatch(self.cursor, first.seq, [first], 1, self._first_pending_at)
+            raws = self._pending_encoded
+            batch = PendingBatch(
+                self.cursor, first.seq, [first], 1, self._first_pending_at, None if raws is None else raws[:1]
+            )
             self.cursor = first.seq
             self._pending = rest
+            if raws is not None:
+                del raws[0]
             self._last_flush_at = now
             return batch
         return self._emit(self._pending, now)
 
     def _emit(self, pending: list[Event], now: float) -> PendingBatch:
+        kept = survivors(pending)
+        raws = self._pending_encoded
         batch = PendingBatch(
             from_seq=self.cursor,
             to_seq=self._upto,
-            events=coalesce(pending),
+            events=[pending[i] for i in kept],
             events_in=len(pending),
             oldest_added_at=self._first_pending_at,
+            encoded=None if raws is None else [raws[i] for i in kept],
         )
         self.cursor = self._upto
         self._pending = []
+        self._pending_encoded = []
         self._first_pending_at = None
         self._last_flush_at = now
         return batch

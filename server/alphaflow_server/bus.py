@@ -23,7 +23,16 @@ from .journal import Journal
 
 log = logging.getLogger("alphaflow.server.bus")
 
-Listener = Callable[[Sequence[Event], float], None]
+# (stamped events, the same encoded, loop time)
+Listener = Callable[[Sequence[Event], Sequence[bytes], float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Stamped:
+    """Events stamped with their seqs, and each one encoded (once, for every connection)."""
+
+    events: list[Event]
+    encoded: list[bytes]
 
 
 @dataclass(eq=False)
@@ -77,24 +86,22 @@ class EventBus:
             stream = self._users[user_id] = UserStream(user_id, journal, state)
         return stream
 
-    def append(
-        self, user_id: str, events: Sequence[Event], now: float, *, owned: bool = False
-    ) -> list[Event]:
+    def append(self, user_id: str, events: Sequence[Event], now: float, *, owned: bool = False) -> Stamped:
         """Stamp the events with the user's next seqs and journal them (not yet delivered)."""
-        return self.user(user_id).journal.append(events, now, owned=owned)
+        return Stamped(*self.user(user_id).journal.append_encoded(events, now, owned=owned))
 
     def rollback(self, user_id: str, seq: int) -> None:
         """Forget what was appended after ``seq`` (its commit failed; nothing was delivered)."""
         self.user(user_id).journal.truncate_after(seq)
 
-    def deliver(self, user_id: str, stamped: Sequence[Event], now: float) -> None:
+    def deliver(self, user_id: str, stamped: Stamped, now: float) -> None:
         """Apply appended events to the user's state and hand them to every connection."""
         stream = self.user(user_id)
-        stream.state.apply_events(stamped)
+        stream.state.apply_events(stamped.events)
         stream.state.seq = stream.journal.seq
         for listener in list(stream.listeners):
             try:
-                listener(stamped, now)
+                listener(stamped.events, stamped.encoded, now)
             except Exception:
                 # A broken connection must not stop the others or lose the events:
                 # they are journaled already and the client can resume.
@@ -104,7 +111,7 @@ class EventBus:
         """Append and deliver at once, for callers with nothing to commit in between."""
         stamped = self.append(user_id, events, now)
         self.deliver(user_id, stamped, now)
-        return stamped
+        return stamped.events
 
     def adopt(self, user_id: str, journal: Journal, state: PortfolioState) -> UserStream:
         """Install a user's stream restored from durable state."""

@@ -5,6 +5,10 @@ Every event the server accepts for a user is stamped here with the next
 ``resume`` gets exactly what it missed: at least ``retain_events`` events or
 ``retain_seconds`` of them, whichever is more, and never more than
 ``max_events`` (the memory bound that protects the server from a flood).
+
+Events are kept encoded, as the JSON they travel as: about a third of the
+memory of the decoded structs, and the bytes every connection's frame and the
+durable store reuse, so an event is encoded once. A replay decodes them again.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from collections.abc import Sequence
 
 import msgspec
 
-from alphaflow_live.protocol import Event
+from alphaflow_live.protocol import Event, encode
+
+_decode = msgspec.json.Decoder(Event).decode
 
 
 class Journal:
@@ -35,8 +41,8 @@ class Journal:
         self._retain_events = retain_events
         self._retain_seconds = retain_seconds
         self._max_events = max_events
-        # (monotonic time appended, event with its seq), oldest first, seqs contiguous.
-        self._entries: deque[tuple[float, Event]] = deque()
+        # (monotonic time appended, seq, the event encoded), oldest first, seqs contiguous.
+        self._entries: deque[tuple[float, int, bytes]] = deque()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -46,16 +52,23 @@ class Journal:
         """The lowest ``resume.seq`` that can still be served from memory."""
         if not self._entries:
             return self.seq
-        return self._entries[0][1].seq - 1
+        return self._entries[0][1] - 1
 
     def append(self, events: Sequence[Event], now: float, *, owned: bool = False) -> list[Event]:
-        """Stamp the events with the next seqs, keep them, and return the stamped events.
+        """Stamp the events with the next seqs, keep them, and return the stamped events."""
+        return self.append_encoded(events, now, owned=owned)[0]
+
+    def append_encoded(
+        self, events: Sequence[Event], now: float, *, owned: bool = False
+    ) -> tuple[list[Event], list[bytes]]:
+        """``append``, also returning each stamped event encoded.
 
         The events are copies, unless ``owned``: the caller made them for this
         journal alone, and they are stamped in place (a copy per event is a
         measurable share of a re-mark of thousands of positions).
         """
         stamped: list[Event] = []
+        encoded: list[bytes] = []
         entries = self._entries
         for event in events:
             self.seq += 1
@@ -64,23 +77,25 @@ class Journal:
                 sequenced = event
             else:
                 sequenced = msgspec.structs.replace(event, seq=self.seq)
-            entries.append((now, sequenced))
+            raw = encode(sequenced)
+            entries.append((now, self.seq, raw))
             stamped.append(sequenced)
+            encoded.append(raw)
         self.trim(now)
-        return stamped
+        return stamped, encoded
 
     def restore(self, entries: Sequence[tuple[float, Event]]) -> None:
         """Load previously journaled events (oldest first), as after a restart."""
         for appended_at, event in entries:
-            if self._entries and event.seq != self._entries[-1][1].seq + 1:
+            if self._entries and event.seq != self._entries[-1][1] + 1:
                 raise ValueError(f"journal entries are not contiguous at seq {event.seq}")
-            self._entries.append((appended_at, event))
+            self._entries.append((appended_at, event.seq, encode(event)))
         if self._entries:
-            self.seq = max(self.seq, self._entries[-1][1].seq)
+            self.seq = max(self.seq, self._entries[-1][1])
 
     def truncate_after(self, seq: int) -> None:
         """Drop entries above ``seq`` and make it the current seq again."""
-        while self._entries and self._entries[-1][1].seq > seq:
+        while self._entries and self._entries[-1][1] > seq:
             self._entries.pop()
         self.seq = seq
 
@@ -103,4 +118,4 @@ class Journal:
                 f"seq {seq} is outside the replayable range {self.first_replayable_seq}..{self.seq}"
             )
         skip = seq - self.first_replayable_seq
-        return [event for _, event in itertools.islice(self._entries, skip, None)]
+        return [_decode(raw) for _, _, raw in itertools.islice(self._entries, skip, None)]

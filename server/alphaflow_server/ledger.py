@@ -21,7 +21,7 @@ import msgspec
 from alphaflow_live.protocol import Event, PriceTick, encode, format_timestamp
 from alphaflow_live.state import PortfolioState
 
-from .bus import EventBus
+from .bus import EventBus, Stamped
 from .engine import BookRecord, PortfolioEngine
 from .journal import Journal
 from .remarks import RemarkSchedule
@@ -71,7 +71,7 @@ class Ledger:
         except BaseException:
             self.engine.restore(save_point)
             raise
-        return [event.seq for event in stamped[user_id]]
+        return [event.seq for event in stamped[user_id].events]
 
     def prices(self, ticks: Sequence[PriceTick], now: float) -> None:
         """Record new marks, durably; the holders' events follow from ``remark``.
@@ -103,7 +103,7 @@ class Ledger:
             self.engine.return_stale(stale)
             self.schedule.stale(stale, now)
             raise
-        return sum(len(events) for events in stamped.values())
+        return sum(len(run.events) for run in stamped.values())
 
     def set_meta(self, key: str, value: str) -> None:
         self.store.commit(Commit(meta={key: value}))
@@ -115,7 +115,7 @@ class Ledger:
         *,
         books: Iterable[str] = (),
         prices: dict[str, tuple[str, str]] | None = None,
-    ) -> dict[str, list[Event]]:
+    ) -> dict[str, Stamped]:
         wall = time.time()
         bus = self.bus
         seqs_before = {user_id: bus.user(user_id).seq for user_id in per_user}
@@ -124,7 +124,11 @@ class Ledger:
             user_id: bus.append(user_id, events, now, owned=True) for user_id, events in per_user.items()
         }
         commit = Commit(prices=prices or {})
-        commit.events.extend((user_id, wall, events) for user_id, events in stamped.items() if events)
+        commit.events.extend(
+            (user_id, wall, run.events[0].seq, run.events[-1].seq, run.encoded)
+            for user_id, run in stamped.items()
+            if run.events
+        )
         for user_id in books:
             stream = bus.user(user_id)
             book = encode(self.engine.dump_book(user_id)) if user_id in self.engine.books else None

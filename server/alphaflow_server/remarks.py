@@ -70,9 +70,10 @@ class RemarkSchedule:
                 heapq.heappush(heap, (self._due(user_id, now), user_id))
                 continue
             queued.discard(user_id)
-            # The turn counts as taken when it was due, not when the loop got to it, so that a late
-            # wake-up does not push the user's next turn a whole interval off its phase.
-            last[user_id] = at
+            # A turn a little late (a busy loop) counts as taken when it was due, so the user keeps
+            # its phase; one late by half an interval or more counts from now, so that a loop that
+            # falls behind sheds turns instead of running them back to back.
+            last[user_id] = at if now - at < interval / 2 else now
             due.append(user_id)
         return due
 

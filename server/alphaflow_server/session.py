@@ -38,6 +38,7 @@ from alphaflow_live.protocol import (
     Welcome,
     decode_client_message,
     encode,
+    encode_batch,
     format_timestamp,
     validate_channels,
 )
@@ -219,11 +220,11 @@ class PortfolioSession:
 
     # ------------------------------------------------------------- outbound
 
-    def _on_events(self, events: Sequence[Event], now: float) -> None:
+    def _on_events(self, events: Sequence[Event], encoded: Sequence[bytes], now: float) -> None:
         batcher = self._batcher
         if batcher is None or self._resync_pending:
             return  # the snapshot that ends the resync supersedes these
-        batcher.add(events, now)
+        batcher.add(events, now, encoded)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -258,6 +259,12 @@ class PortfolioSession:
     def _push_batch(self, batch: PendingBatch) -> None:
         self._stats.events_delivered += batch.events_in
         self._stats.batches_out += 1
+        if batch.encoded is not None:
+            frame = encode_batch(
+                self._stream.epoch, batch.from_seq, batch.to_seq, self._server_time(), batch.encoded
+            )
+            self._push_frame(frame)
+            return
         self._push(
             Batch(
                 epoch=self._stream.epoch,
@@ -276,9 +283,13 @@ class PortfolioSession:
         return self._stream.state.to_snapshot(self._server_time(), channels)
 
     def _push(self, message: Any) -> None:
+        if not self._resync_pending:
+            self._push_frame(encode(message))
+
+    def _push_frame(self, frame: bytes) -> None:
         if self._resync_pending:
             return
-        if not self._outbox.push(encode(message)):
+        if not self._outbox.push(frame):
             self._begin_resync()
         self._wakeup.set()
 

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from alphaflow_live.protocol import Event, encode
-
 SCHEMA_VERSION = "2"
 DB_NAME = "alphaflow-state.sqlite3"
 
@@ -89,8 +87,8 @@ class LoadedState:
 class Commit:
     """What one transaction writes."""
 
-    # (user_id, wall-clock time, consecutive stamped events); stores that keep them encode them
-    events: list[tuple[str, float, Sequence[Event]]] = field(default_factory=list)
+    # (user_id, wall-clock time, first seq, last seq, each of the events first..last encoded)
+    events: list[tuple[str, float, int, int, Sequence[bytes]]] = field(default_factory=list)
     # user_id → (epoch, seq, encoded book or None); a user's seq also follows from its events,
     # so a commit of events alone need not write the user's row
     users: dict[str, tuple[str, int, bytes | None]] = field(default_factory=dict)
@@ -191,7 +189,10 @@ class SqliteStore:
             if commit.events:
                 db.executemany(
                     "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                    [(user, run[0].seq, run[-1].seq, at, encode(run)) for user, at, run in commit.events],
+                    [
+                        (user, first, last, at, b"[" + b",".join(encoded) + b"]")
+                        for user, at, first, last, encoded in commit.events
+                    ],
                 )
             for user_id, (epoch, seq, book) in commit.users.items():
                 db.execute(

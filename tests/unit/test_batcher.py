@@ -608,3 +608,28 @@ def test_a_window_of_zero_sends_every_event_in_a_frame_of_its_own_covering_every
         (1, 3, [3]),
         (3, 4, [4]),
     ], "one event per frame, nothing coalesced, and the frames' ranges are contiguous"
+
+
+# ------------------------------------------------------------ encoded events
+
+
+def test_a_batch_carries_the_encodings_of_exactly_the_events_it_keeps() -> None:
+    b = batcher(channels=["positions", "account"])
+    events = stamp([position("AAPL", "1"), fill(), position("AAPL", "2"), account(), position("MSFT", "3")])
+    b.add(events, 10.0, [msgspec.json.encode(e) for e in events])
+
+    batch = b.take(10.0)
+
+    assert batch is not None and seqs(batch.events) == [3, 4, 5]
+    assert batch.encoded == [msgspec.json.encode(e) for e in batch.events]
+
+
+def test_one_add_without_encodings_makes_the_batch_fall_back_to_encoding_its_events() -> None:
+    b = batcher()
+    first, second = stamp([fill("f-1"), fill("f-2")])
+    b.add([first], 10.0, [msgspec.json.encode(first)])
+    b.add([second], 10.0)
+
+    batch = b.take(10.0)
+
+    assert batch is not None and batch.encoded is None and seqs(batch.events) == [1, 2]

@@ -599,3 +599,17 @@ def test_data_and_events_stay_out_of_the_cyclic_garbage_collector() -> None:
 
     event = PositionClosedEvent(ts="2026-01-04T14:03:11.120Z", data=ClosedPosition(symbol="AAPL"))
     assert not gc.is_tracked(event) and not gc.is_tracked(event.data)
+
+
+def test_a_batch_joined_from_encoded_events_is_byte_for_byte_the_encoded_batch() -> None:
+    from alphaflow_live.protocol import Batch, encode_batch
+
+    events = stamp([fill("f-1"), position(), account(), order(), position_closed()], start=41)
+    batch = Batch(epoch="e-7f3a", from_seq=41, to_seq=46, server_time=TS, events=events)
+
+    joined = encode_batch("e-7f3a", 41, 46, TS, [encode(e) for e in events])
+
+    assert joined == encode(batch)
+    assert encode_batch("e-1", 3, 3, TS, []) == encode(
+        Batch(epoch="e-1", from_seq=3, to_seq=3, server_time=TS, events=[])
+    )

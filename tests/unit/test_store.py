@@ -16,12 +16,17 @@ from .factories import fill, position, stamp
 runs = msgspec.json.Decoder(list[Event])
 
 
+def run(user_id: str, at: float, events: list[Event]) -> tuple[str, float, int, int, list[bytes]]:
+    """A commit's run of events: first and last seq, each event encoded."""
+    return (user_id, at, events[0].seq, events[-1].seq, [encode(e) for e in events])
+
+
 def test_a_commit_stores_each_users_events_as_one_run_and_load_gives_them_back(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     first = stamp([fill("f1"), position("AAPL", "10")])
     second = stamp([position("AAPL", "11")], start=2)
-    store.commit(Commit(events=[("alice", 1.0, first)], users={"alice": ("e-1", 2, None)}))
-    store.commit(Commit(events=[("alice", 2.0, second)]))  # no user row: the seq follows from the run
+    store.commit(Commit(events=[run("alice", 1.0, first)], users={"alice": ("e-1", 2, None)}))
+    store.commit(Commit(events=[run("alice", 2.0, second)]))  # no user row: the seq follows from the run
 
     loaded = SqliteStore(tmp_path).load()
 
@@ -34,8 +39,8 @@ def test_a_commit_stores_each_users_events_as_one_run_and_load_gives_them_back(t
 def test_a_checkpoint_prunes_whole_runs_only_and_its_seq_counts_when_no_run_is_left(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     events = stamp([fill("f1"), fill("f2"), fill("f3"), fill("f4")])
-    store.commit(Commit(events=[("alice", 1.0, events[:2])], users={"alice": ("e-1", 2, None)}))
-    store.commit(Commit(events=[("alice", 1.0, events[2:])]))
+    store.commit(Commit(events=[run("alice", 1.0, events[:2])], users={"alice": ("e-1", 2, None)}))
+    store.commit(Commit(events=[run("alice", 1.0, events[2:])]))
 
     store.checkpoint("alice", 3, b"{}", prune_through=3)
     kept = SqliteStore(tmp_path).load().users["alice"]

@@ -20,6 +20,10 @@ class Throttle:
         self._scheduled = True
         return max(0.0, self._last_flush + self.interval - now)
 
+    @property
+    def last_flush(self) -> float:
+        return self._last_flush
+
     def flushed(self, now: float) -> None:
         self._last_flush = now
         self._scheduled = False

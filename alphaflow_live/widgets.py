@@ -200,6 +200,8 @@ class _LiveWidget(anywidget.AnyWidget):
     def _tick(self) -> None:
         """Heartbeats move last_data_ms without changing any row; keep the badge honest."""
         while not self._closed.wait(1.0):
+            if time.monotonic() - self._throttle.last_flush < 1.0:
+                continue  # a delta carried the status less than a second ago: stay within the rate
             if self._status_traits() != (self.status, self.error, self.last_data_ms):
                 with self.hold_sync():
                     self._sync_status()

@@ -1,13 +1,16 @@
-"""Kernel-side costs: applying a 1,000-event batch, reading positions of 500 symbols.
+"""Kernel-side costs: applying a 1,000-event batch, reading positions of 500 symbols,
+and the widget's comm messages while 1,000 ticks per second arrive.
 
 Prints a table; the baseline row rebuilds the frame from the whole state each
-time (no row cache), in the same process. Run: ``make bench`` or
-``.venv/bin/python bench/bench_client.py [--quick]``.
+time (no row cache), in the same process. The widget lines (``widget: …``)
+compare the throttled, row-keyed deltas with sending the whole rows on every
+change. Run: ``make bench`` or ``.venv/bin/python bench/bench_client.py [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -67,6 +70,46 @@ def row(name: str, samples: list[float], baseline: list[float] | None = None) ->
     p95 = sorted(samples)[int(0.95 * (len(samples) - 1))]
     ratio = f"{statistics.median(baseline) / median:7.1f}x" if baseline else "       "
     return f"{name:<58} {median:9.3f} {p95:9.3f} {ratio}"
+
+
+def widget_messages(snapshot: Snapshot, seconds: float, *, whole_rows: bool) -> tuple[float, float, float]:
+    """(messages/s, KiB/s, ticks/s) of a PortfolioWidget while ticks arrive at 1,000/s, one per batch.
+
+    ``whole_rows`` is the baseline: every change sends the whole ``rows`` trait,
+    as a widget without deltas or a throttle would.
+    """
+    from alphaflow_live.widgets import PortfolioWidget
+
+    live = PortfolioStream("ws://127.0.0.1:9/ws/portfolio", "bench", start=False)
+    live._apply_snapshot(snapshot)
+    widget = PortfolioWidget(live, max_rate_hz=10)
+    sent: list[dict[str, object]] = []
+    widget._send = lambda msg, buffers=None: sent.append(msg)  # type: ignore[method-assign]
+    if whole_rows:
+        live.on("position", lambda _: setattr(widget, "rows", widget._full_rows()))
+    seq = live.seq or 0
+    ticks = 0
+    started = time.perf_counter()
+    slot = 0
+    while (elapsed := time.perf_counter() - started) < seconds:
+        for _ in range(10):  # 10 ticks every 10 ms
+            seq += 1
+            event = position(SYMBOLS[seq % 500], seq % 90 + 1, f"{100 + seq % 50}.25", seq)
+            live._apply_batch(
+                Batch(epoch="e-1", from_seq=seq - 1, to_seq=seq, server_time=TS, events=[event])
+            )
+            ticks += 1
+        slot += 1
+        pause = started + slot * 0.01 - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    deadline = time.monotonic() + 5
+    while widget._throttle._scheduled and time.monotonic() < deadline:
+        time.sleep(0.01)  # the last change's flush
+    elapsed = time.perf_counter() - started
+    size = sum(len(json.dumps(m, default=str)) for m in sent)
+    widget.close()
+    return len(sent) / elapsed, size / 1024 / elapsed, ticks / elapsed
 
 
 def main() -> int:
@@ -149,6 +192,16 @@ def main() -> int:
     print(row("live.positions, 500 symbols, after one change", read, rebuild))
     print(row("  baseline: rebuild the frame from the whole state", rebuild))
     print(row("live.positions, 500 symbols, unchanged (cached copy)", cached))
+
+    # 3. Widget comm messages while 1,000 ticks per second arrive (500 symbols held).
+    seconds = 2.0 if repeat < 200 else 10.0
+    deltas = widget_messages(snapshot, seconds, whole_rows=False)
+    whole = widget_messages(snapshot, seconds, whole_rows=True)
+    # "widget: name | value | unit | baseline name | baseline value" (run.py reads these)
+    baseline = "whole rows on every change"
+    print(f"widget: ticks per second applied | {deltas[2]:.0f} | ticks/s | {baseline} | {whole[2]:.0f}")
+    print(f"widget: comm messages per second | {deltas[0]:.1f} | msg/s | {baseline} | {whole[0]:.1f}")
+    print(f"widget: comm bytes per second | {deltas[1]:.1f} | KiB/s | {baseline} | {whole[1]:.1f}")
     return 0
 
 

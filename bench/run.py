@@ -64,13 +64,23 @@ def client_rows(output: str) -> list[dict[str, Any]]:
     return rows
 
 
+def widget_rows(output: str) -> list[dict[str, Any]]:
+    """Rows from bench_client.py's ``widget: name | value | unit | baseline | baseline value`` lines."""
+    rows = []
+    for line in output.splitlines():
+        if line.startswith("widget: "):
+            name, value, unit, baseline, baseline_value = (p.strip() for p in line[8:].split("|"))
+            rows.append(row("client", f"widget: {name}", float(value), unit, baseline, float(baseline_value)))
+    return rows
+
+
 def run_client(quick: bool) -> tuple[list[dict[str, Any]], str]:
     command = [sys.executable, str(BENCH_DIR / "bench_client.py"), *(["--quick"] if quick else [])]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     print(done.stdout, end="", flush=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench_client.py exited {done.returncode}: {done.stderr[-1000:]}")
-    rows = client_rows(done.stdout)
+    rows = client_rows(done.stdout) + widget_rows(done.stdout)
     if not rows:
         raise RuntimeError("bench_client.py printed no rows")
     return rows, done.stdout

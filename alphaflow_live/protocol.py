@@ -387,6 +387,9 @@ class StatsReport(Struct, kw_only=True):
     streaming_enabled: bool
     uptime_s: float
     memory_rss_bytes: int
+    # Every user's replay buffer: events kept for resume, and their encoded size.
+    replay_events: int = 0
+    replay_bytes: int = 0
     connections_total: int
     connections_by_stream: dict[str, int]
     connections_per_user: dict[str, int]

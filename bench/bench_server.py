@@ -637,6 +637,18 @@ def s6_memory(p: Params, work: Path) -> list[dict[str, Any]]:
             start_rss / MiB,
         ),
         row("S6", "RSS at soak end", end_rss / MiB, "MiB", "soak start", start_rss / MiB),
+        # The replay buffers grow by design until each user holds its retention (10,000 events
+        # or 5 minutes); what is left beyond them is what a leak would show.
+        row("S6", "replay buffers at soak end (events kept for resume)", after["replay_events"], "events"),
+        row("S6", "replay buffers at soak end (encoded size)", after["replay_bytes"] / MiB, "MiB"),
+        row(
+            "S6",
+            "RSS at soak end less the replay buffers' encoded size",
+            (end_rss - after["replay_bytes"]) / MiB,
+            "MiB",
+            "soak start",
+            start_rss / MiB,
+        ),
         row("S6", "slow-consumer resyncs during soak", resyncs, "resyncs"),
     ]
 

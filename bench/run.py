@@ -2,7 +2,8 @@
 
 Runs ``bench/bench_client.py`` (a subprocess) and ``bench/bench_server.py``'s scenarios, prints
 one table (scenario | metric | value | baseline | ratio; ratio = value ÷ baseline) and writes
-``bench/results/latest.json`` with the machine it ran on. Figures only: nothing here passes or
+``bench/results/latest.json`` with the machine it ran on (a full run also
+``bench/results/full-<date>.json``, kept in git). Figures only: nothing here passes or
 fails on a time; the exit code is 1 only when a benchmark could not run.
 
     .venv/bin/python bench/run.py --quick                  # about a minute on 2 cores
@@ -151,6 +152,12 @@ def main() -> int:
         "client_output": client_output,
     }
     args.output.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.quick and not args.scenarios:
+        # A full run is kept under its date too (and in git: the README's table comes from it);
+        # quick runs, such as make test's, only ever replace latest.json.
+        archive = RESULTS / f"full-{report['date'][:10]}.json"
+        archive.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"full run archived in {archive}")
     return 1 if failures else 0
 
 

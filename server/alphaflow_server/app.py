@@ -365,6 +365,10 @@ class StreamServer:
             streaming_enabled=self.streaming_enabled,
             connections_by_stream=dict(by_stream),
             connections_per_user=dict(sorted(per_user.items())),
+            replay=(
+                sum(len(stream.journal) for stream in self.bus),
+                sum(stream.journal.bytes for stream in self.bus),
+            ),
         )
 
     # ------------------------------------------------------------ connections

@@ -43,6 +43,8 @@ class Journal:
         self._max_events = max_events
         # (monotonic time appended, seq, the event encoded), oldest first, seqs contiguous.
         self._entries: deque[tuple[float, int, bytes]] = deque()
+        # The encoded size of the kept events (what the replay buffer costs, before overheads).
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -79,6 +81,7 @@ class Journal:
                 sequenced = msgspec.structs.replace(event, seq=self.seq)
             raw = encode(sequenced)
             entries.append((now, self.seq, raw))
+            self.bytes += len(raw)
             stamped.append(sequenced)
             encoded.append(raw)
         self.trim(now)
@@ -89,14 +92,16 @@ class Journal:
         for appended_at, event in entries:
             if self._entries and event.seq != self._entries[-1][1] + 1:
                 raise ValueError(f"journal entries are not contiguous at seq {event.seq}")
-            self._entries.append((appended_at, event.seq, encode(event)))
+            raw = encode(event)
+            self._entries.append((appended_at, event.seq, raw))
+            self.bytes += len(raw)
         if self._entries:
             self.seq = max(self.seq, self._entries[-1][1])
 
     def truncate_after(self, seq: int) -> None:
         """Drop entries above ``seq`` and make it the current seq again."""
         while self._entries and self._entries[-1][1] > seq:
-            self._entries.pop()
+            self.bytes -= len(self._entries.pop()[2])
         self.seq = seq
 
     def trim(self, now: float) -> None:
@@ -106,7 +111,7 @@ class Journal:
             len(entries) > self._max_events
             or (len(entries) > self._retain_events and entries[0][0] <= horizon)
         ):
-            entries.popleft()
+            self.bytes -= len(entries.popleft()[2])
 
     def can_resume(self, epoch: str, seq: int) -> bool:
         return epoch == self.epoch and self.first_replayable_seq <= seq <= self.seq

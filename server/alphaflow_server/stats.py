@@ -83,6 +83,7 @@ class ServerStats:
         streaming_enabled: bool,
         connections_by_stream: dict[str, int],
         connections_per_user: dict[str, int],
+        replay: tuple[int, int] = (0, 0),
     ) -> StatsReport:
         return StatsReport(
             health=health.status,
@@ -90,6 +91,8 @@ class ServerStats:
             streaming_enabled=streaming_enabled,
             uptime_s=round(now - self.started_at, 3),
             memory_rss_bytes=rss_bytes(),
+            replay_events=replay[0],
+            replay_bytes=replay[1],
             connections_total=sum(connections_by_stream.values()),
             connections_by_stream=connections_by_stream,
             connections_per_user=connections_per_user,
@@ -169,6 +172,12 @@ class StatsCollector:
         rss = GaugeMetricFamily("alphaflow_memory_rss_bytes", "Resident set size")
         rss.add_metric([], report.memory_rss_bytes)
         yield rss
+        replay = GaugeMetricFamily("alphaflow_replay_bytes", "Encoded size of every user's replay buffer")
+        replay.add_metric([], report.replay_bytes)
+        yield replay
+        replay_events = GaugeMetricFamily("alphaflow_replay_events", "Events kept for resume, every user")
+        replay_events.add_metric([], report.replay_events)
+        yield replay_events
         latency = HistogramMetricFamily(
             "alphaflow_delivery_latency_seconds", "Ingest received to batch frame sent"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -264,3 +265,16 @@ def test_restored_journal_replays_like_the_original(items: list[Event], cut: int
     s = min(cut, original.seq)
     assert restored.seq == original.seq
     assert restored.events_after(s) == original.events_after(s)
+
+
+@PROPERTY
+@given(st.lists(st.integers(min_value=0, max_value=6), max_size=12), st.integers(min_value=0, max_value=6))
+def test_the_byte_count_follows_every_append_trim_and_truncation(sizes: list[int], cut: int) -> None:
+    journal = Journal("e-1", retain_events=3, retain_seconds=1.0, max_events=8)
+    for now, size in enumerate(sizes):
+        journal.append([fill(f"f-{now}-{k}") for k in range(size)], now=float(now))
+        kept = journal.events_after(journal.first_replayable_seq)
+        assert journal.bytes == sum(len(msgspec.json.encode(e)) for e in kept)
+    journal.truncate_after(max(journal.first_replayable_seq, journal.seq - cut))
+    kept = journal.events_after(journal.first_replayable_seq)
+    assert journal.bytes == sum(len(msgspec.json.encode(e)) for e in kept)

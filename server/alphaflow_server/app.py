@@ -102,8 +102,6 @@ class StreamServer:
             journal=JournalOptions(retain_events=config.retain_events, retain_seconds=config.retain_seconds),
         )
         self.engine = PortfolioEngine()
-        if config.mark_interval_s < 0:
-            raise ValueError("mark_interval_ms must be >= 0")
         self.ledger = Ledger(
             self.bus, self.engine, store or MemoryStore(), remark_interval_s=config.mark_interval_s
         )

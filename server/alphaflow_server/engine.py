@@ -210,15 +210,10 @@ class PortfolioEngine:
     def derive(self, stale: dict[str, dict[str, str]]) -> dict[str, list[Event]]:
         """Per user: a position per stale symbol, then the account, stamped with the last mark's ts."""
         result: dict[str, list[Event]] = {}
-        position = self.position
         # Every value is computed from checked ones: the checks would only cost time here.
         with trusted_construction():
             for user_id, symbols in stale.items():
-                holdings = self.books[user_id].holdings
-                events: list[Event] = [
-                    PositionEvent(ts=ts, data=position(holdings[symbol], ts))
-                    for symbol, ts in symbols.items()
-                ]
+                events: list[Event] = [self.position_event(user_id, s, ts) for s, ts in symbols.items()]
                 events.append(self._account_event(user_id, next(reversed(symbols.values()))))
                 result[user_id] = events
         return result
@@ -348,9 +343,7 @@ class PortfolioEngine:
                 else:
                     book.holdings[symbol] = holding
             if point.stale:
-                self._stale[point.user_id] = {
-                    s: ts for s, ts in point.stale.items() if s in book.holdings
-                } | self._stale.get(point.user_id, {})
+                self.return_stale({point.user_id: point.stale})
         self._rebuild_holders()
 
     def _rebuild_holders(self) -> None:

@@ -28,30 +28,36 @@ from typing import Protocol
 SCHEMA_VERSION = "2"
 DB_NAME = "alphaflow-state.sqlite3"
 
-# Version 1 kept one row per event; version 2 keeps runs (see the module's doc).
-_MIGRATE_1_TO_2 = """
-ALTER TABLE events RENAME TO events_v1;
-CREATE TABLE events (
-    user_id TEXT NOT NULL, seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, appended_at REAL NOT NULL,
-    events BLOB NOT NULL,
-    PRIMARY KEY (user_id, seq)
-);
-INSERT INTO events
-    SELECT user_id, seq, seq, appended_at, CAST('[' || CAST(event AS TEXT) || ']' AS BLOB) FROM events_v1;
-DROP TABLE events_v1;
-UPDATE meta SET value = '2' WHERE key = 'schema_version';
-"""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS users (
-    user_id TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, book BLOB
-);
+# Runs of events: ``events`` is the JSON array of the events with seqs ``seq`` to ``last_seq``.
+_EVENTS_TABLE = """
 CREATE TABLE IF NOT EXISTS events (
     user_id TEXT NOT NULL, seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, appended_at REAL NOT NULL,
     events BLOB NOT NULL,
     PRIMARY KEY (user_id, seq)
 );
+"""
+
+# Version 1 kept one row per event; version 2 keeps runs (see the module's doc).
+_MIGRATE_1_TO_2 = "\n".join(
+    (
+        "ALTER TABLE events RENAME TO events_v1;",
+        _EVENTS_TABLE,
+        "INSERT INTO events SELECT user_id, seq, seq, appended_at,"
+        " CAST('[' || CAST(event AS TEXT) || ']' AS BLOB) FROM events_v1;",
+        "DROP TABLE events_v1;",
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+    )
+)
+
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, book BLOB
+);
+"""
+    + _EVENTS_TABLE
+    + """
 CREATE TABLE IF NOT EXISTS checkpoints (
     user_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, snapshot BLOB NOT NULL
 );
@@ -59,6 +65,7 @@ CREATE TABLE IF NOT EXISTS prices (
     symbol TEXT PRIMARY KEY, price TEXT NOT NULL, reference TEXT NOT NULL
 );
 """
+)
 
 
 class StateError(Exception):

@@ -8,7 +8,7 @@ of events contiguous seqs the way the journal does.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from hypothesis import strategies as st
@@ -59,17 +59,7 @@ __all__ = [
 
 SYMBOLS = ("AAPL", "MSFT", "TSLA")
 ORDER_IDS = ("o-1", "o-2", "o-3")
-ORDER_STATUSES: tuple[OrderStatus, ...] = (
-    "new",
-    "accepted",
-    "partially_filled",
-    "filled",
-    "canceled",
-    "expired",
-    "rejected",
-    "replaced",
-    "pending_cancel",
-)
+ORDER_STATUSES: tuple[OrderStatus, ...] = get_args(OrderStatus)
 
 
 def stamp(events: Iterable[Event], start: int = 0) -> list[Event]:

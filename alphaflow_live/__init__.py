@@ -3,34 +3,39 @@
 import alphaflow_live as afl
 live = afl.connect()        # ALPHAFLOW_URL / ALPHAFLOW_TOKEN
 live.positions              # a DataFrame that is always current
+
+This package holds the kernel side and, at its bottom, the wire layer
+(``protocol``, ``codes``, ``state``, ``metrics``: msgspec and the standard
+library only), which the stream server imports too. Everything here is
+imported on first use, so importing the wire layer loads no pandas, numpy,
+websockets or widgets.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from .client import AuthError, PortfolioStream
-from .freshness import FreshnessRules
-from .protocol import PROTOCOL_VERSION
-from .state import BatchOutcome, PortfolioState
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from .client import PortfolioStream, connect
+    from .errors import AuthError
+    from .freshness import FreshnessRules
+    from .protocol import PROTOCOL_VERSION
+    from .report import show_snapshot, snapshot_html
+    from .state import BatchOutcome, PortfolioState
+    from .widgets import AccountSummary, ConnectionStatus, LiveBadge, PortfolioWidget, PositionsTable
 
-def connect(url: str | None = None, token: str | None = None, **options: Any) -> PortfolioStream:
-    """Start streaming the portfolio in the background and return at once.
-
-    ``url`` defaults to ``$ALPHAFLOW_URL`` (else ws://127.0.0.1:8765/ws/portfolio),
-    ``token`` to ``$ALPHAFLOW_TOKEN``. Options: ``channels``, ``poll_interval_s``,
-    ``freshness`` (FreshnessRules), ``max_fills``, ``backoff_base_s``,
-    ``backoff_cap_s``, ``fallback_after_failures``, ``connect_timeout_s``.
-    """
-    return PortfolioStream(url, token, **options)
-
-
+# name → the module that defines it
 _LAZY = {
-    # Widgets pull in anywidget and ipywidgets: imported on first use, so that
-    # scripts and the server do not pay for them.
+    "connect": "client",
+    "PortfolioStream": "client",
+    "AuthError": "errors",
+    "FreshnessRules": "freshness",
+    "PROTOCOL_VERSION": "protocol",
+    "BatchOutcome": "state",
+    "PortfolioState": "state",
     "PortfolioWidget": "widgets",
     "ConnectionStatus": "widgets",
     "LiveBadge": "widgets",
@@ -45,9 +50,13 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'alphaflow_live' has no attribute {name!r}")
-    import importlib
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup does not come back here
+    return value
 
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 __all__ = [

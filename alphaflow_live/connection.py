@@ -1,197 +1,164 @@
-"""The stream's connection loop: stream, resume, heal gaps, back off, poll, come back.
+"""The stream's connection loop: the asyncio shell around ``tracking``'s decisions.
 
-Runs on the PortfolioStream's own thread and loop. Outcomes of one attempt:
-
-* the stream ran and then dropped → reconnect at once-ish (backoff reset) and resume;
-* the handshake or connection failed → back off (exponential, full jitter);
-* streaming is switched off (503 ``streaming_disabled``, close 4003), or the
-  stream failed ``fallback_after_failures`` times in a row → poll the REST
-  snapshot every ``poll_interval_s`` while retrying the stream with backoff;
-* 401/403 → stop for good with an AuthError.
+It opens the WebSocket, hands each decoded message to the ``Tracker`` and
+carries out the actions against the ``StreamSink``; after each attempt it asks
+the ``Policy`` whether to reconnect, poll the REST snapshot or stop. It knows
+nothing of pandas, widgets or threads: it runs on whatever loop it is given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import json
 import logging
 import time
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .backoff import Backoff
-from .protocol import (
-    Batch,
-    Error,
-    Heartbeat,
-    ResumePoint,
-    Snapshot,
-    Subscribe,
-    Welcome,
-    encode,
-    server_message_decoder,
-    snapshot_decoder,
+from .codes import SNAPSHOT_PATH
+from .protocol import encode, server_message_decoder, snapshot_decoder
+from .tracking import (
+    Action,
+    Apply,
+    Count,
+    Note,
+    Outcome,
+    Policy,
+    Poll,
+    Reconnect,
+    SetStatus,
+    Stop,
+    StreamSink,
+    Touch,
+    Tracker,
+    ended,
+    polled,
+    refused,
 )
-from .state import BatchOutcome
-
-if TYPE_CHECKING:
-    from .client import PortfolioStream
 
 log = logging.getLogger("alphaflow_live")
 
-CLOSE_STREAMING_DISABLED = 4003
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    url: str
+    token: str
+    channels: Sequence[str]
+    poll_interval_s: float = 5.0
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    fallback_after_failures: int = 3
+    connect_timeout_s: float = 10.0
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
 
-class Outcome(enum.Enum):
-    DROPPED = "dropped"  # it was streaming, then the connection ended
-    FAILED = "failed"  # could not connect, or refused for now
-    DISABLED = "disabled"  # the operator switched streaming off
-    FATAL = "fatal"  # credentials refused
-    STOPPED = "stopped"  # the user closed the stream
-
-
-async def run_connection(stream: PortfolioStream, token: str, stop: asyncio.Event) -> None:
-    stream._stop_event = stop
-    backoff = Backoff(base_s=stream.backoff_base_s, cap_s=stream.backoff_cap_s)
-    failures = 0
-    while not stream.stopping:
-        outcome = await _stream_once(stream, token)
-        if outcome in (Outcome.FATAL, Outcome.STOPPED):
+async def run_connection(options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event) -> None:
+    """Stream (and poll when it must) until ``stop`` is set or the token is refused."""
+    policy = Policy(
+        Backoff(base_s=options.backoff_base_s, cap_s=options.backoff_cap_s),
+        fallback_after_failures=options.fallback_after_failures,
+    )
+    while not stop.is_set():
+        step = policy.after(await _stream_once(options, sink, stop))
+        if isinstance(step, Stop):
             return
-        if outcome is Outcome.DROPPED:
-            backoff.reset()
-            failures = 0
-        else:
-            failures += 1
-        stream.counters["reconnects"] += 1
-        delay = backoff.next_delay()
-        if outcome is Outcome.DISABLED or failures >= stream.fallback_after_failures:
-            if await _poll_for(stream, token, delay) is Outcome.FATAL:
+        sink.count("reconnects")
+        if isinstance(step, Poll):
+            if await _poll_for(options, sink, stop, step.duration_s) is Outcome.FATAL:
                 return
-        else:
-            stream._set_status("reconnecting")
-            await _sleep(stream, delay)
+        elif isinstance(step, Reconnect):
+            sink.set_status("reconnecting")
+            await _sleep(stop, step.delay_s)
 
 
-async def _sleep(stream: PortfolioStream, seconds: float) -> None:
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
     """Sleep, unless the stream is closed meanwhile."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stream._stop_event.wait(), max(0.0, seconds))
+        await asyncio.wait_for(stop.wait(), max(0.0, seconds))
 
 
 # --------------------------------------------------------------------- stream
 
 
-async def _stream_once(stream: PortfolioStream, token: str) -> Outcome:
+async def _stream_once(options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event) -> Outcome:
     ws: ClientConnection | None = None
     streamed = False
+    tracker = Tracker(list(options.channels))
     try:
         ws = await connect(
-            stream.url,
-            additional_headers={"Authorization": f"Bearer {token}"},
-            open_timeout=stream.connect_timeout_s,
+            options.url,
+            additional_headers=options.headers,
+            open_timeout=options.connect_timeout_s,
             max_size=None,  # a snapshot of a large portfolio runs to megabytes
             ping_interval=20,
             ping_timeout=20,
             close_timeout=2,
         )
-        watcher = asyncio.create_task(_close_when_stopping(stream, ws))
+        watcher = asyncio.create_task(_close_when_stopping(stop, ws))
         try:
-            stream._healing = False
-            await _subscribe(ws, stream)
+            await _carry_out(ws, sink, tracker.opened(sink.held()))
             async for frame in ws:
-                stream.counters["bytes"] += len(frame)
-                if _handle(stream, server_message_decoder.decode(frame)):
-                    await _subscribe(ws, stream)
-                streamed = streamed or stream.status == "live"
+                sink.count("bytes", len(frame))
+                message = server_message_decoder.decode(frame)
+                streamed |= await _carry_out(ws, sink, tracker.receive(message, sink.held()))
         finally:
             watcher.cancel()
     except InvalidStatus as exc:
-        return _refused(stream, exc.response.status_code, bytes(exc.response.body or b""))
-    except ConnectionClosed as exc:
-        if exc.rcvd is not None and exc.rcvd.code == CLOSE_STREAMING_DISABLED:
-            log.warning("alphaflow-live: streaming switched off by the server; polling the snapshot")
-            return Outcome.DISABLED
+        refusal = refused(exc.response.status_code, bytes(exc.response.body or b""))
+        if refusal.error is not None:
+            sink.fail(refusal.error)
+        elif refusal.outcome is Outcome.DISABLED:
+            log.warning("alphaflow-live: %s", refusal.message)
+        else:
+            log.info("alphaflow-live: %s", refusal.message)
+        return refusal.outcome
+    except ConnectionClosed:
+        pass
     except (OSError, TimeoutError, InvalidHandshake) as exc:
-        log.info("alphaflow-live: cannot connect to %s: %s", stream.url, exc)
+        log.info("alphaflow-live: cannot connect to %s: %s", options.url, exc)
     except Exception:
         log.exception("alphaflow-live: unexpected error in the stream")
-    if stream.stopping:
-        return Outcome.STOPPED
-    if ws is not None and ws.close_code == CLOSE_STREAMING_DISABLED:
-        return Outcome.DISABLED
-    return Outcome.DROPPED if streamed else Outcome.FAILED
+    outcome = ended(
+        streamed=streamed, close_code=None if ws is None else ws.close_code, stopping=stop.is_set()
+    )
+    if outcome is Outcome.DISABLED:
+        log.warning("alphaflow-live: streaming switched off by the server; polling the snapshot")
+    return outcome
 
 
-async def _close_when_stopping(stream: PortfolioStream, ws: ClientConnection) -> None:
-    await stream._stop_event.wait()
+async def _close_when_stopping(stop: asyncio.Event, ws: ClientConnection) -> None:
+    await stop.wait()
     await ws.close()
 
 
-async def _subscribe(ws: ClientConnection, stream: PortfolioStream) -> None:
-    state = stream._state
-    resume = ResumePoint(epoch=state.epoch, seq=state.seq) if state.epoch and state.seq is not None else None
-    await ws.send(encode(Subscribe(id=1, channels=stream.channels, resume=resume)), text=True)
-
-
-def _handle(stream: PortfolioStream, message: Any) -> bool:
-    """Apply one message; True when the client must resubscribe (with resume) to heal a gap.
-
-    While such a resubscribe is under way (``_healing``), batches that still do
-    not fit are ignored: the reply (a recovered batch or a snapshot) covers them.
-    """
-    if isinstance(message, Snapshot):
-        stream._apply_snapshot(message)
-        stream._healing = False
-        stream._set_status("live")
-    elif isinstance(message, Batch):
-        outcome = stream._apply_batch(message)
-        if outcome is BatchOutcome.APPLIED:
-            stream._healing = False
-            stream._set_status("live")
-        elif outcome is not BatchOutcome.DUPLICATE and not stream._healing:
-            log.info("alphaflow-live: %s at seq %s; resubscribing to heal", outcome.value, stream.seq)
-            return _start_healing(stream)
-    elif isinstance(message, Heartbeat):
-        stream._touch(message.server_time)
-        if stream.seq is not None and message.seq > stream.seq and not stream._healing:
-            return _start_healing(stream)  # the server delivered more than we hold
-    elif isinstance(message, Error):
-        level = logging.INFO if message.code == "resume_unavailable" else logging.WARNING
-        log.log(level, "alphaflow-live: server says %s: %s", message.code, message.message)
-    elif isinstance(message, Welcome):
-        stream.counters["connections"] += 1
-    return False
-
-
-def _start_healing(stream: PortfolioStream) -> bool:
-    stream._healing = True
-    stream.counters["resyncs"] += 1
-    return True
-
-
-def _refused(stream: PortfolioStream, status: int, body: bytes) -> Outcome:
-    from .client import AuthError
-
-    try:
-        detail = json.loads(body)
-    except ValueError:
-        detail = {}
-    message = detail.get("message") or body.decode(errors="replace")[:200]
-    if status in (401, 403):
-        stream._fail(AuthError(f"the server refused the token (HTTP {status}): {message}"))
-        return Outcome.FATAL
-    if status == 503 and detail.get("error") == "streaming_disabled":
-        return Outcome.DISABLED
-    log.info("alphaflow-live: handshake refused (HTTP %d): %s", status, message)
-    return Outcome.FAILED
+async def _carry_out(ws: ClientConnection | None, sink: StreamSink, actions: list[Action]) -> bool:
+    """Do what the tracker decided; True once the stream is live."""
+    live = False
+    for action in actions:
+        if isinstance(action, Apply):
+            sink.apply(action.message)
+        elif isinstance(action, SetStatus):
+            sink.set_status(action.status)
+            live = live or action.status == "live"
+        elif isinstance(action, Touch):
+            sink.touch(action.server_time)
+        elif isinstance(action, Count):
+            sink.count(action.name, action.amount)
+        elif isinstance(action, Note):
+            log.log(action.level, "alphaflow-live: %s", action.text)
+        elif ws is not None:  # Send
+            await ws.send(encode(action.message), text=True)
+    return live
 
 
 # -------------------------------------------------------------------- polling
@@ -200,29 +167,30 @@ def _refused(stream: PortfolioStream, status: int, body: bytes) -> Outcome:
 def snapshot_url(stream_url: str) -> str:
     parts = urlsplit(stream_url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, "/api/portfolio/snapshot", "", ""))
+    return urlunsplit((scheme, parts.netloc, SNAPSHOT_PATH, "", ""))
 
 
-async def _poll_for(stream: PortfolioStream, token: str, duration: float) -> Outcome | None:
+async def _poll_for(
+    options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event, duration: float
+) -> Outcome | None:
     """Poll the snapshot for about ``duration`` (at least once), then let the stream be tried."""
     deadline = time.monotonic() + duration
-    while not stream.stopping:
-        outcome = await _poll_once(stream, token)
-        if outcome is Outcome.FATAL:
-            return outcome
+    while not stop.is_set():
+        if await _poll_once(options, sink) is Outcome.FATAL:
+            return Outcome.FATAL
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        await _sleep(stream, min(stream.poll_interval_s, remaining))
+        await _sleep(stop, min(options.poll_interval_s, remaining))
     return Outcome.STOPPED
 
 
-async def _poll_once(stream: PortfolioStream, token: str) -> Outcome | None:
-    url = snapshot_url(stream.url)
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+async def _poll_once(options: ConnectionOptions, sink: StreamSink) -> Outcome | None:
+    url = snapshot_url(options.url)
+    request = urllib.request.Request(url, headers=options.headers)  # noqa: S310 - ws(s) mapped to http(s)
 
     def fetch() -> bytes:
-        with urllib.request.urlopen(request, timeout=stream.connect_timeout_s) as reply:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=options.connect_timeout_s) as reply:  # noqa: S310
             body: bytes = reply.read()
             return body
 
@@ -230,16 +198,17 @@ async def _poll_once(stream: PortfolioStream, token: str) -> Outcome | None:
         body = await asyncio.to_thread(fetch)
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            return _refused(stream, exc.code, exc.read())
+            refusal = refused(exc.code, exc.read())
+            if refusal.error is not None:
+                sink.fail(refusal.error)
+            return refusal.outcome
         log.info("alphaflow-live: polling %s failed: HTTP %d", url, exc.code)
-        stream._set_status("offline")
+        sink.set_status("offline")
         return None
     except (OSError, TimeoutError) as exc:
         log.info("alphaflow-live: polling %s failed: %s", url, exc)
-        stream._set_status("offline")
+        sink.set_status("offline")
         return None
-    stream.counters["polls"] += 1
-    stream.counters["bytes"] += len(body)
-    stream._apply_snapshot(snapshot_decoder.decode(body))
-    stream._set_status("polling")
+    sink.count("bytes", len(body))
+    await _carry_out(None, sink, polled(snapshot_decoder.decode(body)))
     return None

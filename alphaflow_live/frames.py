@@ -11,41 +11,33 @@ conversion plus the frame assembly.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
+import msgspec
 import numpy as np
 import pandas as pd
 
 from .protocol import Account, Fill, Order, Position
 
-POSITION_COLUMNS = (
-    "qty", "side", "avg_entry_price", "current_price", "market_value", "cost_basis", "unrealized_pl",
-    "unrealized_plpc", "unrealized_intraday_pl", "change_today", "asset_class", "updated_at",
-)  # fmt: skip
-ORDER_COLUMNS = (
-    "client_order_id", "symbol", "side", "type", "time_in_force", "qty", "filled_qty", "filled_avg_price",
-    "limit_price", "stop_price", "status", "submitted_at", "updated_at", "filled_at",
-)  # fmt: skip
-ACCOUNT_FIELDS = (
-    "equity", "last_equity", "cash", "buying_power", "portfolio_value", "long_market_value",
-    "short_market_value", "realized_pl_today", "currency", "updated_at",
-)  # fmt: skip
-FILL_COLUMNS = ("order_id", "symbol", "side", "qty", "price", "position_qty", "timestamp")
-EQUITY_COLUMNS = ("equity", "cash", "day_pl")
 
-_TIME_COLUMNS = frozenset({"updated_at", "submitted_at", "filled_at", "timestamp"})
-_TEXT_COLUMNS = frozenset(
-    {
-        "side",
-        "asset_class",
-        "client_order_id",
-        "symbol",
-        "type",
-        "time_in_force",
-        "status",
-        "order_id",
-        "currency",
-    }
+def _columns(cls: type[msgspec.Struct], index: str | None) -> tuple[str, ...]:
+    return tuple(name for name in cls.__struct_fields__ if name != index)
+
+
+# The Structs' fields in their order, less the one that indexes the frame.
+POSITION_COLUMNS: Final = _columns(Position, "symbol")
+ORDER_COLUMNS: Final = _columns(Order, "id")
+ACCOUNT_FIELDS: Final = _columns(Account, None)
+FILL_COLUMNS: Final = _columns(Fill, "id")
+EQUITY_COLUMNS: Final = ("equity", "cash", "day_pl")
+
+# Decimal fields become float64 and timestamps datetime64; every other field is text.
+_TIME_COLUMNS: Final = frozenset(name for cls in (Position, Order, Account, Fill) for name in cls._timestamps)
+_TEXT_COLUMNS: Final = frozenset(
+    name
+    for cls in (Position, Order, Account, Fill)
+    for name in cls.__struct_fields__
+    if name not in cls._decimals and name not in cls._timestamps
 )
 
 

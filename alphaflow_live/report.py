@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import html
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .client import PortfolioStream
+from .live_state import LiveReader
 
 _CSS = """
 .afl-snap{font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',sans-serif);font-size:13px;
@@ -65,12 +64,11 @@ def _cell(kind: str, value: Any) -> tuple[str, str]:
     return f"{number * 100:+.2f}%", tone
 
 
-def snapshot_html(live: PortfolioStream) -> str:
-    with live._lock:
-        state = live._state
+def snapshot_html(live: LiveReader) -> str:
+    with live.reading() as state:
         positions = [state.positions[s] for s in sorted(state.positions)]
         account = state.account
-        as_of = live.last_update
+    as_of = live.last_update
     stamp = "no data received" if as_of is None else as_of.strftime("%Y-%m-%d %H:%M:%S UTC")
     parts = [
         f"<style>{_CSS}</style>",
@@ -108,7 +106,7 @@ def snapshot_html(live: PortfolioStream) -> str:
     return "".join(parts)
 
 
-def show_snapshot(live: PortfolioStream) -> None:
+def show_snapshot(live: LiveReader) -> None:
     """Display the snapshot as plain ``text/html``, which exported reports keep."""
     from IPython.display import HTML, display
 

@@ -47,6 +47,19 @@ class BatchOutcome(enum.Enum):
     NO_BASE = "no_base"
 
 
+def batch_fit(epoch: str | None, seq: int | None, batch: Batch) -> BatchOutcome:
+    """What applying ``batch`` to a state as of (``epoch``, ``seq``) would do (APPLIED: it fits)."""
+    if seq is None:
+        return BatchOutcome.NO_BASE
+    if batch.epoch != epoch:
+        return BatchOutcome.EPOCH_CHANGED
+    if batch.from_seq > seq:
+        return BatchOutcome.GAP
+    if batch.to_seq <= seq and batch.from_seq < seq:
+        return BatchOutcome.DUPLICATE
+    return BatchOutcome.APPLIED
+
+
 class PortfolioState:
     """Positions, orders, account and recent fills, with the epoch and seq they are as of."""
 
@@ -108,22 +121,16 @@ class PortfolioState:
                 self._add_fill(fill)
 
     def apply_batch(self, batch: Batch) -> BatchOutcome:
-        if self.seq is None:
-            return BatchOutcome.NO_BASE
-        if batch.epoch != self.epoch:
-            return BatchOutcome.EPOCH_CHANGED
-        if batch.from_seq > self.seq:
-            return BatchOutcome.GAP
-        if batch.from_seq < self.seq:
-            if batch.to_seq <= self.seq:
-                return BatchOutcome.DUPLICATE
+        outcome = batch_fit(self.epoch, self.seq, batch)
+        if outcome is not BatchOutcome.APPLIED or self.seq is None:
+            return outcome
+        held = self.seq
+        if batch.from_seq < held:
             # Overlaps what we hold (a replay that raced a batch in flight): the
             # events past our seq are exactly what we miss, coalesced or not.
-            seq = self.seq
-            self.apply_events(event for event in batch.events if event.seq > seq)
-            self.seq = batch.to_seq
-            return BatchOutcome.APPLIED
-        self.apply_events(batch.events)
+            self.apply_events(event for event in batch.events if event.seq > held)
+        else:
+            self.apply_events(batch.events)
         self.seq = batch.to_seq
         return BatchOutcome.APPLIED
 

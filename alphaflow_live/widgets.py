@@ -1,10 +1,17 @@
-"""anywidget widgets bound to a PortfolioStream; the front end lives in js/ (shipped in static/).
+"""anywidget widgets bound to a stream; the front end lives in js/ (shipped in static/).
 
 Traits hold the whole current state (``rows``), so a saved notebook's widget
 state is complete. Changes are coalesced here and sent at most ``max_rate_hz``
 times a second as one row-keyed ``delta``: ``rows`` is updated in place (so
 traitlets does not resend it) and the browser merges each delta into its own
 copy. A page reload asks the kernel for the state and gets the full ``rows``.
+Rows carry every field of the protocol's Structs, as the wire has them.
+
+Threads: change callbacks may come from any thread and only mark rows dirty,
+under the widget's own lock. Flushes and the once-a-second status sync run
+on the stream's thread (``LiveReader.call_later``), one at a time; they read
+the stream through ``reading()`` after releasing the widget's lock, so the
+two locks are never held together.
 """
 
 from __future__ import annotations
@@ -15,13 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import anywidget
+import msgspec
 import traitlets
 
-from .client import PortfolioStream
+from .live_state import LiveReader
 from .protocol import Account, ClosedPosition, Fill, Order, Position
+from .state import PortfolioState
 from .throttle import Throttle
 
 STATIC = Path(__file__).parent / "static"
+# How often heartbeats (which move last_data_ms without changing a row) reach the badge.
+STATUS_SYNC_S = 1.0
 
 
 def _asset(name: str) -> Path:
@@ -31,43 +42,10 @@ def _asset(name: str) -> Path:
     return shipped if shipped.exists() else Path(__file__).parent.parent / "js" / "src" / name
 
 
-POSITION_FIELDS = (
-    "symbol",
-    "qty",
-    "side",
-    "avg_entry_price",
-    "current_price",
-    "market_value",
-    "unrealized_pl",
-    "unrealized_plpc",
-    "change_today",
-)
-ORDER_FIELDS = (
-    "id",
-    "symbol",
-    "side",
-    "type",
-    "qty",
-    "filled_qty",
-    "filled_avg_price",
-    "limit_price",
-    "status",
-    "updated_at",
-)
-ACCOUNT_FIELDS = (
-    "equity",
-    "last_equity",
-    "cash",
-    "buying_power",
-    "realized_pl_today",
-    "currency",
-    "updated_at",
-)
-FILL_FIELDS = ("id", "order_id", "symbol", "side", "qty", "price")
-
-
-def _row(obj: Any, fields: tuple[str, ...]) -> dict[str, Any]:
-    return {f: (None if (v := getattr(obj, f)) is None else str(v)) for f in fields}
+def _row(obj: msgspec.Struct) -> dict[str, Any]:
+    """A struct's fields as the wire has them (decimals as strings)."""
+    row: dict[str, Any] = msgspec.to_builtins(obj)
+    return row
 
 
 class _LiveWidget(anywidget.AnyWidget):
@@ -87,32 +65,31 @@ class _LiveWidget(anywidget.AnyWidget):
 
     _component = "portfolio"
 
-    def __init__(self, live: PortfolioStream, *, max_rate_hz: float = 10.0, **kwargs: Any) -> None:
+    def __init__(self, live: LiveReader, *, max_rate_hz: float = 10.0, **kwargs: Any) -> None:
         super().__init__(component=self._component, **kwargs)
         self.live = live
         self.live_s, self.delayed_s = live.rules.live_s, live.rules.delayed_s
         self._throttle = Throttle(max_rate_hz)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dirty sets and the throttle
         self._dirty_positions: set[str] = set()
         self._dirty_orders: set[str] = set()
         self._dirty_account = False
         self._new_fills: list[Fill] = []
-        with live._lock:
-            self.rows = self._full_rows()
+        self._closed = False
+        with live.reading() as state:
+            self.rows = _full_rows(state)
             self._sync_status()
             self._unsubscribe = [
                 live.on("position", self._on_position),
                 live.on("order", self._on_order),
                 live.on("account", self._on_account),
                 live.on("fill", self._on_fill),
-                live.on("status", lambda _: self._changed()),
+                live.on("status", self._on_status),
             ]
-        self._ticker = threading.Thread(target=self._tick, name="alphaflow-widget-tick", daemon=True)
-        self._closed = threading.Event()
-        self._ticker.start()
+        live.call_later(STATUS_SYNC_S, self._tick)
 
     def close(self) -> None:
-        self._closed.set()
+        self._closed = True
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         super().close()
@@ -150,40 +127,44 @@ class _LiveWidget(anywidget.AnyWidget):
             self._new_fills.append(fill)
         self._changed()
 
+    def _on_status(self, status: str) -> None:
+        if status == "closed":
+            self.flush()  # nothing runs on a closed stream's thread: the last word goes out now
+        else:
+            self._changed()
+
     def _changed(self) -> None:
         with self._lock:
             delay = self._throttle.request(time.monotonic())
-        if delay is None:
-            return
-        if delay == 0:
+        if delay is not None and not self.live.call_later(delay, self.flush):
             self.flush()
-        else:
-            timer = threading.Timer(delay, self.flush)
-            timer.daemon = True
-            timer.start()
 
     def flush(self) -> None:
         """Send what changed since the last flush as one delta (and status), in one message."""
-        live = self.live
-        with self._lock, live._lock:
+        with self._lock:
             positions, orders = self._dirty_positions, self._dirty_orders
             account_dirty, fills = self._dirty_account, self._new_fills
             self._dirty_positions, self._dirty_orders = set(), set()
             self._dirty_account, self._new_fills = False, []
-            self._throttle.flushed(time.monotonic())
-            state = live._state
+        with self.live.reading() as state:
             delta: dict[str, Any] = {
                 "version": self.rows.get("version", 0) + 1,
-                "positions": _table_delta(positions, state.positions, POSITION_FIELDS),
-                "orders": _table_delta(orders, state.orders, ORDER_FIELDS),
-                "fills": [_row(f, FILL_FIELDS) for f in fills],
+                "positions": _table_delta(positions, state.positions),
+                "orders": _table_delta(orders, state.orders),
+                "fills": [_row(f) for f in fills],
             }
             if account_dirty:
-                delta["account"] = None if state.account is None else _row(state.account, ACCOUNT_FIELDS)
-            _merge(self.rows, delta)
-            with self.hold_sync():
-                self.delta = delta
-                self._sync_status()
+                delta["account"] = None if state.account is None else _row(state.account)
+        _merge(self.rows, delta)
+        with self.hold_sync():
+            self.delta = delta
+            self._sync_status()
+        with self._lock:
+            # Marked done only now that it is sent; a change that came meanwhile gets its own flush.
+            self._throttle.flushed(time.monotonic())
+            more = bool(self._dirty_positions or self._dirty_orders or self._dirty_account or self._new_fills)
+        if more:
+            self._changed()
 
     def _status_traits(self) -> tuple[str, str, float | None]:
         live = self.live
@@ -199,25 +180,27 @@ class _LiveWidget(anywidget.AnyWidget):
 
     def _tick(self) -> None:
         """Heartbeats move last_data_ms without changing any row; keep the badge honest."""
-        while not self._closed.wait(1.0):
-            if time.monotonic() - self._throttle.last_flush < 1.0:
-                continue  # a delta carried the status less than a second ago: stay within the rate
-            if self._status_traits() != (self.status, self.error, self.last_data_ms):
-                with self.hold_sync():
-                    self._sync_status()
-
-    def _full_rows(self) -> dict[str, Any]:
-        state = self.live._state
-        return {
-            "version": 0,
-            "positions": {s: _row(p, POSITION_FIELDS) for s, p in state.positions.items()},
-            "orders": {i: _row(o, ORDER_FIELDS) for i, o in state.orders.items()},
-            "account": None if state.account is None else _row(state.account, ACCOUNT_FIELDS),
-        }
+        if self._closed:
+            return
+        recent = time.monotonic() - self._throttle.last_flush < STATUS_SYNC_S
+        # A delta that carried the status less than a second ago keeps this within the rate.
+        if not recent and self._status_traits() != (self.status, self.error, self.last_data_ms):
+            with self.hold_sync():
+                self._sync_status()
+        self.live.call_later(STATUS_SYNC_S, self._tick)
 
 
-def _table_delta(keys: set[str], table: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    upsert = {k: _row(table[k], fields) for k in sorted(keys) if k in table}
+def _full_rows(state: PortfolioState) -> dict[str, Any]:
+    return {
+        "version": 0,
+        "positions": {s: _row(p) for s, p in state.positions.items()},
+        "orders": {i: _row(o) for i, o in state.orders.items()},
+        "account": None if state.account is None else _row(state.account),
+    }
+
+
+def _table_delta(keys: set[str], table: dict[str, Any]) -> dict[str, Any]:
+    upsert = {k: _row(table[k]) for k in sorted(keys) if k in table}
     return {"upsert": upsert, "remove": sorted(k for k in keys if k not in table)}
 
 

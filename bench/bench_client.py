@@ -81,7 +81,7 @@ def widget_messages(snapshot: Snapshot, seconds: float, *, whole_rows: bool) -> 
     from alphaflow_live.widgets import PortfolioWidget
 
     live = PortfolioStream("ws://127.0.0.1:9/ws/portfolio", "bench", start=False)
-    live._apply_snapshot(snapshot)
+    live.feed(snapshot)
     widget = PortfolioWidget(live, max_rate_hz=10)
     sent: list[dict[str, object]] = []
     widget._send = lambda msg, buffers=None: sent.append(msg)  # type: ignore[method-assign]
@@ -95,7 +95,7 @@ def widget_messages(snapshot: Snapshot, seconds: float, *, whole_rows: bool) -> 
         for _ in range(10):  # 10 ticks every 10 ms
             seq += 1
             event = position(SYMBOLS[seq % 500], seq % 90 + 1, f"{100 + seq % 50}.25", seq)
-            live._apply_batch(
+            live.feed(
                 Batch(epoch="e-1", from_seq=seq - 1, to_seq=seq, server_time=TS, events=[event])
             )
             ticks += 1
@@ -149,18 +149,18 @@ def main() -> int:
     apply_state = timed(lambda: state.apply_batch(next(it)), repeat)
 
     live = PortfolioStream("ws://127.0.0.1:9/ws/portfolio", "bench", start=False)
-    live._apply_snapshot(snapshot)
+    live.feed(snapshot)
     seq[0] = len(base)
     batches = [next_batch() for _ in range(repeat)]
     it = iter(batches)
-    apply_client = timed(lambda: live._apply_batch(next(it)), repeat)
+    apply_client = timed(lambda: live.feed(next(it)), repeat)
 
     # 2. Reading positions of 500 symbols after one change, against rebuilding from the whole state.
     counter = [seq[0]]
 
     def one_change() -> None:
         counter[0] += 1
-        live._apply_batch(
+        live.feed(
             Batch(
                 epoch="e-1",
                 from_seq=counter[0] - 1,
@@ -176,7 +176,8 @@ def main() -> int:
 
     def rebuild_after_change() -> None:
         one_change()
-        frames.positions_frame(live._state.positions, frames.RowCache(frames.POSITION_COLUMNS))
+        with live.reading() as state:
+            frames.positions_frame(state.positions, frames.RowCache(frames.POSITION_COLUMNS))
 
     counter[0] = live.seq or 0
     read = timed(read_after_change, repeat)

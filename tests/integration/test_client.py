@@ -32,8 +32,8 @@ async def converged(live: afl.PortfolioStream, http_base: str, token: str, timeo
     expected = state_of(rest)
 
     def same(live: afl.PortfolioStream) -> bool:
-        with live._lock:
-            return live.seq == rest.seq and same_portfolio(live._state, expected)
+        with live.reading() as state:
+            return state.seq == rest.seq and same_portfolio(state, expected)
 
     await live.until(same, timeout=timeout)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from decimal import Decimal
 from typing import Any
@@ -21,7 +22,7 @@ def stream_with(symbols: int) -> PortfolioStream:
     events = stamp([position(f"S{i:03d}", qty=str(i + 1)) for i in range(symbols)] + [account()])
     snapshot = Snapshot(epoch="e-1", seq=len(events), server_time=TS, positions=[e.data for e in events[:-1]],
                         orders=[], account=events[-1].data, fills=[])  # fmt: skip
-    live._apply_snapshot(snapshot)
+    live.feed(snapshot)
     return live
 
 
@@ -33,8 +34,8 @@ def record_messages(widget: PortfolioWidget) -> list[dict[str, Any]]:
 
 def tick(live: PortfolioStream, symbol: str, qty: int) -> None:
     seq = live.seq or 0
-    live._apply_batch(Batch(epoch="e-1", from_seq=seq, to_seq=seq + 1, server_time=TS,
-                            events=stamp([position(symbol, qty=str(qty))], seq)))  # fmt: skip
+    live.feed(Batch(epoch="e-1", from_seq=seq, to_seq=seq + 1, server_time=TS,
+                    events=stamp([position(symbol, qty=str(qty))], seq)))  # fmt: skip
 
 
 def settle(widget: PortfolioWidget, timeout: float = 5.0) -> None:
@@ -126,8 +127,8 @@ def test_pl_colours_follow_the_sign() -> None:
     loss = position("LOSE", qty="10")
     loss.data.unrealized_pl, loss.data.unrealized_plpc = Decimal("-3.25"), Decimal("-0.002")
     seq = live.seq or 0
-    live._apply_batch(Batch(epoch="e-1", from_seq=seq, to_seq=seq + 2, server_time=TS,
-                            events=stamp([gain, loss], seq)))  # fmt: skip
+    live.feed(Batch(epoch="e-1", from_seq=seq, to_seq=seq + 2, server_time=TS,
+                    events=stamp([gain, loss], seq)))  # fmt: skip
 
     page = live.snapshot_html()
 
@@ -144,4 +145,44 @@ def test_the_widget_offers_the_snapshot_to_front_ends_without_widgets() -> None:
 
     assert "application/vnd.jupyter.widget-view+json" in data
     assert "S001" in data["text/html"]
+    widget.close()
+
+
+def test_widgets_flush_on_the_streams_thread_and_start_no_threads_of_their_own() -> None:
+    live = stream_with(10)
+    flushed_on: set[str] = set()
+    before = threading.active_count()
+    widgets = [PortfolioWidget(live, max_rate_hz=50) for _ in range(5)]
+    for widget in widgets:
+        original = widget.flush
+
+        def flush(original: Any = original) -> None:
+            flushed_on.add(threading.current_thread().name)
+            original()
+
+        widget.flush = flush  # type: ignore[method-assign]
+        record_messages(widget)
+
+    for i in range(200):
+        tick(live, f"S{i % 10:03d}", 100 + i)
+    for widget in widgets:
+        settle(widget)
+
+    assert flushed_on == {"alphaflow-live-stream"}
+    assert threading.active_count() - before <= 1, "one loop thread for the stream, none per widget"
+    live.close()
+    for widget in widgets:
+        widget.close()
+
+
+def test_a_closed_stream_still_gets_its_last_status_to_the_widget() -> None:
+    live = stream_with(1)
+    widget = PortfolioWidget(live)
+    tick(live, "S000", 5)
+    settle(widget)
+
+    live.close()
+
+    assert widget.status == "closed"
+    assert live.call_later(0, lambda: None) is False, "nothing runs on a closed stream's thread"
     widget.close()

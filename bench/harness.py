@@ -128,8 +128,9 @@ def write_users(path: Path, users: Iterable[str], *, services: int = 4) -> Users
 
 
 def server_command() -> list[str]:
-    script = Path(sys.executable).with_name("alphaflow-live")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "alphaflow_live.cli"]
+    # The module rather than the console script: a script installed from an older checkout
+    # may still point at where the command used to live.
+    return [sys.executable, "-m", "alphaflow_server"]
 
 
 def _nofile_preexec(limit: int | None) -> Any:

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from alphaflow_live.codes import PORTFOLIO_PATH
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / ".demo"
 LISTENING = re.compile(r"listening on ws://(?P<host>[^:\s]+):(?P<port>\d+)")
@@ -36,12 +38,14 @@ def wait_for_line(
 
 def main() -> int:
     DEMO.mkdir(mode=0o700, exist_ok=True)
-    bin_dir = Path(sys.executable).parent
     server_log, lab_log = DEMO / "server.log", DEMO / "jupyterlab.log"
     port = os.environ.get("ALPHAFLOW_PORT", "8765")
     server = subprocess.Popen(
         [
-            str(bin_dir / "alphaflow-live"),
+            # The module, like jupyterlab below: the venv's console script may predate this checkout.
+            sys.executable,
+            "-m",
+            "alphaflow_server",
             "serve",
             "--source",
             "sim",
@@ -58,7 +62,7 @@ def main() -> int:
     processes = [server]
     try:
         match = wait_for_line(server_log, LISTENING, server, "stream server")
-        url = f"ws://{match['host']}:{match['port']}/ws/portfolio"
+        url = f"ws://{match['host']}:{match['port']}{PORTFOLIO_PATH}"
         token = (DEMO / "demo.token").read_text().strip()
         env = {**os.environ, "ALPHAFLOW_URL": url, "ALPHAFLOW_TOKEN": token}
         lab = subprocess.Popen(

@@ -1,18 +1,38 @@
-"""``alphaflow-live serve``: flags (each also read from ``ALPHAFLOW_<FLAG>``) and start-up."""
+"""``alphaflow-live serve``: flags made from the config dataclasses, and start-up.
+
+Every field of ``ServerConfig``, ``ServeOptions``, ``SimulatorOptions`` and
+``AlpacaFlags`` is one flag, ``--field-name`` (``--no-field-name`` for a
+negated switch). Its default is ``ALPHAFLOW_<FLAG>`` when that is set
+(``--no-compression``: ``ALPHAFLOW_NO_COMPRESSION=1``), else the field's.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import time
+import types
+import typing
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .config import ServerConfig, default_state_dir, default_users_file
+from alphaflow_live.codes import PORTFOLIO_PATH
+
+from .app import StreamServer
+from .auth import UsersFileError, UsersFileWatcher, load_users_file, save_users_file
+from .config import AlpacaFlags, ServeOptions, ServerConfig, SimulatorOptions, option_of
+from .logs import configure_logging
+from .store import StateError, open_store
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Options = TypeVar("Options", bound="DataclassInstance")
 
 
 def env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
@@ -34,182 +54,108 @@ def env_flag(raw: str) -> bool:
     raise ValueError(raw)
 
 
-def users_file_argument(parser: argparse.ArgumentParser) -> None:
+def flag_of(f: dataclasses.Field[Any]) -> str:
+    name = f.name.replace("_", "-")
+    return f"--no-{name}" if option_of(f).negated else f"--{name}"
+
+
+def _value_type(hint: Any) -> Callable[[str], Any]:
+    """``int`` for ``int`` and ``int | None``: what a flag's text is parsed with."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if not callable(hint):
+        raise TypeError(f"no flag for a field of type {hint!r}")
+    return typing.cast(Callable[[str], Any], hint)
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def add_option(parser: argparse._ActionsContainer, f: dataclasses.Field[Any], hint: Any) -> None:
+    spec = option_of(f)
+    flag = flag_of(f)
+    env_name = flag.removeprefix("--").replace("-", "_").upper()
+    default = _default_of(f)
+    help_text = None if spec.help is None else spec.help.format(default=default)
+    kind = _value_type(hint)
+    if kind is bool:
+        # A switch can only move a value away from its default: False unless negated.
+        if default is not spec.negated:
+            raise TypeError(f"{f.name}: a bool defaulting to {default} needs negated={not spec.negated}")
+        switched = env(env_name, False, env_flag)
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            action="store_false" if spec.negated else "store_true",
+            default=not switched if spec.negated else switched,
+            help=help_text,
+        )
+        return
     parser.add_argument(
-        "--users-file",
-        type=Path,
-        default=env("USERS_FILE", None, Path),
-        help=f"users and token hashes (default: $ALPHAFLOW_USERS_FILE or {default_users_file()})",
+        flag,
+        dest=f.name,
+        type=kind,
+        choices=spec.choices or None,
+        default=env(env_name, default, kind),
+        help=help_text,
     )
+
+
+def add_options(parser: argparse._ActionsContainer, cls: type[DataclassInstance]) -> None:
+    """One flag per field of the dataclass ``cls``, in field order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        add_option(parser, f, hints[f.name])
+
+
+def options_from(cls: type[Options], args: argparse.Namespace) -> Options:
+    """The dataclass ``cls`` from the values its flags parsed into ``args``."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def users_file_argument(parser: argparse.ArgumentParser) -> None:
+    (users_file,) = [f for f in dataclasses.fields(ServerConfig) if f.name == "users_file"]
+    add_option(parser, users_file, typing.get_type_hints(ServerConfig)["users_file"])
 
 
 def add_arguments(serve: argparse.ArgumentParser) -> None:
-    def flag(name: str, help_text: str) -> None:
-        env_name = name.removeprefix("--").replace("-", "_").upper()
-        serve.add_argument(name, action="store_true", default=env(env_name, False, env_flag), help=help_text)
-
-    serve.add_argument("--host", default=env("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=env("PORT", 8765, int), help="0 picks a free port")
-    serve.add_argument(
-        "--source",
-        choices=["sim", "alpaca", "none"],
-        default=env("SOURCE", "sim"),
-        help="where events come from besides /ws/ingest (default: the market simulator)",
+    add_options(serve, ServerConfig)
+    add_options(serve, ServeOptions)
+    add_options(serve.add_argument_group("simulator (--source sim)"), SimulatorOptions)
+    add_options(
+        serve.add_argument_group(
+            "Alpaca (--source alpaca; keys from APCA_API_KEY_ID / APCA_API_SECRET_KEY, never from flags)"
+        ),
+        AlpacaFlags,
     )
-    users_file_argument(serve)
-    serve.add_argument(
-        "--state-dir",
-        type=Path,
-        default=env("STATE_DIR", None, Path),
-        help=f"durable state (default: {default_state_dir()})",
-    )
-    flag("--no-state", "keep nothing across restarts")
-    flag("--reset-state", "move the existing state file aside and start empty")
-    serve.add_argument("--batch-window-ms", type=int, default=env("BATCH_WINDOW_MS", 250, int))
-    flag("--no-leading-edge", "make every batch wait a full window (no immediate send of isolated events)")
-    serve.add_argument(
-        "--mark-interval-ms",
-        type=int,
-        default=env("MARK_INTERVAL_MS", None, int),
-        help="how often price ticks re-mark the holders' positions (default: the batch window)",
-    )
-    serve.add_argument("--max-connections", type=int, default=env("MAX_CONNECTIONS", 100, int))
-    serve.add_argument("--max-per-user", type=int, default=env("MAX_PER_USER", 5, int))
-    serve.add_argument("--heartbeat-s", type=float, default=env("HEARTBEAT_S", 15.0, float))
-    flag("--disable-streaming", "start with streaming off (REST snapshot only)")
-    serve.add_argument(
-        "--max-backlog-bytes",
-        type=int,
-        default=env("MAX_BACKLOG_BYTES", 4 * 1024 * 1024, int),
-        help="per-connection queued bytes before a slow client is resynchronised",
-    )
-    serve.add_argument(
-        "--slow-client-timeout-s",
-        type=float,
-        default=env("SLOW_CLIENT_TIMEOUT_S", 30.0, float),
-        help="how long a slow client's socket may take to drain before close 1013",
-    )
-    flag("--no-compression", "do not offer permessage-deflate")
-    serve.add_argument(
-        "--retain-events",
-        type=int,
-        default=env("RETAIN_EVENTS", 10_000, int),
-        help="replay buffer per user: at least this many events ...",
-    )
-    serve.add_argument(
-        "--retain-seconds",
-        type=float,
-        default=env("RETAIN_SECONDS", 300.0, float),
-        help="... or this many seconds of them, whichever is more",
-    )
-    sim = serve.add_argument_group("simulator (--source sim)")
-    sim.add_argument("--seed", type=int, default=env("SEED", 7, int), help="same seed, same market")
-    sim.add_argument(
-        "--sim-users",
-        type=int,
-        default=env("SIM_USERS", 1, int),
-        help="portfolios to simulate: 'demo' and sim-0001 … (for load)",
-    )
-    sim.add_argument(
-        "--sim-tick-rate",
-        type=float,
-        default=env("SIM_TICK_RATE", 40.0, float),
-        help="price ticks per second over the whole universe",
-    )
-    sim.add_argument(
-        "--sim-order-rate",
-        type=float,
-        default=env("SIM_ORDER_RATE", 0.3, float),
-        help="new orders per second per user",
-    )
-    sim.add_argument(
-        "--sim-speed",
-        type=float,
-        default=env("SIM_SPEED", 60.0, float),
-        help="how many times faster than the clock prices move",
-    )
-    alpaca = serve.add_argument_group(
-        "Alpaca (--source alpaca; keys from APCA_API_KEY_ID / APCA_API_SECRET_KEY, never from flags)"
-    )
-    alpaca.add_argument(
-        "--alpaca-user",
-        default=env("ALPACA_USER", None),
-        help="the AlphaFlow user whose portfolio the Alpaca account is",
-    )
-    alpaca.add_argument(
-        "--alpaca-accounts",
-        type=Path,
-        default=env("ALPACA_ACCOUNTS", None, Path),
-        help="TOML file of [[account]] user / key_env / secret_env / paper, for several users",
-    )
-    flag("--alpaca-live", "trade the live account (default: paper)")
-    alpaca.add_argument("--alpaca-feed", choices=["iex", "sip"], default=env("ALPACA_FEED", "iex"))
-    alpaca.add_argument(
-        "--alpaca-reconcile-s",
-        type=float,
-        default=env("ALPACA_RECONCILE_S", 60.0, float),
-        help="how often to reconcile with the broker's REST state",
-    )
-    for name, what in (
-        ("trading", "REST"),
-        ("stream", "trade updates stream"),
-        ("data", "market data stream"),
-    ):
-        alpaca.add_argument(
-            f"--alpaca-{name}-url",
-            default=env(f"ALPACA_{name.upper()}_URL", None),
-            help=f"override the {what} URL (tests, proxies)",
-        )
-    serve.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
 
 
 def run(args: argparse.Namespace) -> int:
-    from .app import StreamServer
-    from .auth import UsersFileError, UsersFileWatcher
-    from .logs import configure_logging
-    from .store import StateError, open_store
-
-    configure_logging(args.log_level)
-    users_file: Path = args.users_file or default_users_file()
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        source=args.source,
-        users_file=users_file,
-        batch_window_ms=args.batch_window_ms,
-        leading_edge=not args.no_leading_edge,
-        mark_interval_ms=args.mark_interval_ms,
-        max_connections=args.max_connections,
-        max_per_user=args.max_per_user,
-        heartbeat_s=args.heartbeat_s,
-        disable_streaming=args.disable_streaming,
-        max_backlog_bytes=args.max_backlog_bytes,
-        slow_client_timeout_s=args.slow_client_timeout_s,
-        compression=not args.no_compression,
-        retain_events=args.retain_events,
-        retain_seconds=args.retain_seconds,
-    )
+    config = options_from(ServerConfig, args)
+    serve = options_from(ServeOptions, args)
+    configure_logging(serve.log_level)
     demo_token: str | None = None
     try:
-        if args.source == "sim":
-            demo_token = ensure_demo_user(users_file)
-        watcher = UsersFileWatcher(users_file)
-        store = open_store(
-            None if args.no_state else (args.state_dir or default_state_dir()), reset=args.reset_state
-        )
+        if config.source == "sim":
+            demo_token = ensure_demo_user(config.users_file)
+        watcher = UsersFileWatcher(config.users_file)
+        store = open_store(None if serve.no_state else serve.state_dir, reset=serve.reset_state)
     except (UsersFileError, StateError) as exc:
         print(f"alphaflow-live serve: {exc}", file=sys.stderr)
         return 2
     if len(watcher.store) == 0:
         print(
-            f"alphaflow-live serve: no users in {users_file}; create one with "
-            f"'alphaflow-live users add NAME --users-file {users_file}'",
+            f"alphaflow-live serve: no users in {config.users_file}; create one with "
+            f"'alphaflow-live users add NAME --users-file {config.users_file}'",
             file=sys.stderr,
         )
     server = StreamServer(config, watcher, store)
-    if args.source == "sim":
+    if config.source == "sim":
         server.add_source("sim", simulator_source(args))
-    elif args.source == "alpaca":
+    elif config.source == "alpaca":
         try:
             server.add_source("alpaca", alpaca_source_from(args))
         except ValueError as exc:
@@ -217,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
 
     def ready(server: StreamServer) -> None:
-        url = f"ws://{config.host}:{server.port}/ws/portfolio"
-        if args.source == "sim":
+        url = f"ws://{config.host}:{server.port}{PORTFOLIO_PATH}"
+        if config.source == "sim":
             token = (
                 demo_token or "<the demo token, shown when it was created; 'users rotate demo' for a new one>"
             )
@@ -234,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(server.run_until_signalled(on_ready=ready))
     except OSError as exc:
         print(
-            f"alphaflow-live serve: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+            f"alphaflow-live serve: cannot listen on {config.host}:{config.port}: {exc.strerror}",
+            file=sys.stderr,
         )
         return 1
     return 0
@@ -250,8 +197,6 @@ def ensure_demo_user(users_file: Path) -> str | None:
     Only a hash is stored in the users file, so the token is kept (mode 0600)
     in ``demo.token`` beside it, for ``make demo`` and the notebooks to find.
     """
-    from .auth import load_users_file, save_users_file
-
     token_file = demo_token_file(users_file)
     store = load_users_file(users_file)
     if store.get("demo") is None:

@@ -1,11 +1,23 @@
-"""The server's settings: one dataclass, filled from flags or ALPHAFLOW_* variables."""
+"""The server's settings: dataclasses whose fields are the flags of ``alphaflow-live serve``.
+
+A field's default is the only default there is: command.py turns every field
+into a flag (``--field-name``, also read from ``ALPHAFLOW_FIELD_NAME``), and
+its metadata (``option(...)``) adds the help text, the choices, or that it is
+a ``--no-...`` switch. ``ServerConfig`` is what the server runs with; the
+other dataclasses hold the flags that feed ``serve`` itself (state, logs) and
+the sources, which this module does not import.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import Field, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+
+from alphaflow_live.codes import DEFAULT_HOST, DEFAULT_PORT, INGEST_PATH
 
 
 def default_users_file() -> Path:
@@ -17,32 +29,98 @@ def default_state_dir() -> Path:
 
 
 @dataclass(frozen=True, slots=True)
+class Option:
+    """How a field shows up as a flag."""
+
+    # ``{default}`` in it is replaced by the field's default.
+    help: str | None = None
+    choices: tuple[str, ...] = ()
+    # For a bool that defaults to True: the flag is --no-<name>, and it stores False.
+    negated: bool = False
+
+
+_OPTION = "alphaflow_server.option"
+
+
+def option(
+    help: str | None = None, *, choices: Sequence[str] = (), negated: bool = False
+) -> Mapping[str, Any]:
+    """Field metadata for its flag: ``field(default=..., metadata=option("what it does"))``."""
+    return {_OPTION: Option(help, tuple(choices), negated)}
+
+
+def option_of(f: Field[Any]) -> Option:
+    value = f.metadata.get(_OPTION, Option())
+    assert isinstance(value, Option)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    source: str = "none"
-    users_file: Path = Path("users.json")
-    batch_window_ms: int = 250
+    host: str = field(default=DEFAULT_HOST, metadata=option("the address to listen on"))
+    port: int = field(default=DEFAULT_PORT, metadata=option("0 picks a free port"))
+    source: str = field(
+        default="sim",
+        metadata=option(
+            f"where events come from besides {INGEST_PATH} (default: the market simulator)",
+            choices=("sim", "alpaca", "none"),
+        ),
+    )
+    users_file: Path = field(
+        default_factory=default_users_file,
+        metadata=option("users and token hashes (default: $ALPHAFLOW_USERS_FILE or {default})"),
+    )
+    batch_window_ms: int = field(
+        default=250,
+        metadata=option("the batching window in milliseconds (0: every event at once, unbatched)"),
+    )
     # Off reproduces a plain periodic batcher (every batch waits a full window).
-    leading_edge: bool = True
+    leading_edge: bool = field(
+        default=True,
+        metadata=option(
+            "make every batch wait a full window (no immediate send of isolated events)", negated=True
+        ),
+    )
     # Price ticks move marks at once; holders' positions are re-derived at most once per
     # this interval (None: the batch window, the most often a client could see them change).
-    mark_interval_ms: int | None = None
-    max_connections: int = 100
-    max_per_user: int = 5
-    heartbeat_s: float = 15.0
-    disable_streaming: bool = False
+    mark_interval_ms: int | None = field(
+        default=None,
+        metadata=option("how often price ticks re-mark the holders' positions (default: the batch window)"),
+    )
+    max_connections: int = field(
+        default=100, metadata=option("WebSocket connections in all (portfolio, ingest, admin)")
+    )
+    max_per_user: int = field(default=5, metadata=option("portfolio connections per user"))
+    heartbeat_s: float = field(
+        default=15.0, metadata=option("seconds between pings; a silent peer is dropped after twice this")
+    )
+    disable_streaming: bool = field(
+        default=False, metadata=option("start with streaming off (REST snapshot only)")
+    )
     # Inbound limits of PROTOCOL.md.
-    max_frame_bytes: int = 64 * 1024
-    max_messages_per_s: float = 100.0
+    max_frame_bytes: int = field(
+        default=64 * 1024, metadata=option("largest inbound message; a larger one closes the connection")
+    )
+    max_messages_per_s: float = field(
+        default=100.0, metadata=option("inbound messages per second per connection before close 1008")
+    )
     # A connection's queued frames beyond this are discarded for one snapshot.
-    max_backlog_bytes: int = 4 * 1024 * 1024
+    max_backlog_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata=option("per-connection queued bytes before a slow client is resynchronised"),
+    )
     # How long a resync may wait for a socket to drain before close 1013.
-    slow_client_timeout_s: float = 30.0
+    slow_client_timeout_s: float = field(
+        default=30.0, metadata=option("how long a slow client's socket may take to drain before close 1013")
+    )
     # Replay buffer per user: at least this many events or seconds, whichever is more.
-    retain_events: int = 10_000
-    retain_seconds: float = 300.0
-    compression: bool = True
+    retain_events: int = field(
+        default=10_000, metadata=option("replay buffer per user: at least this many events ...")
+    )
+    retain_seconds: float = field(
+        default=300.0, metadata=option("... or this many seconds of them, whichever is more")
+    )
+    compression: bool = field(default=True, metadata=option("do not offer permessage-deflate", negated=True))
 
     @property
     def batch_window_s(self) -> float:
@@ -62,3 +140,61 @@ class ServerConfig:
     @property
     def close_timeout_s(self) -> float:
         return min(3.0, self.heartbeat_s * 0.4)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """What ``serve`` does around the server: where state lives, how much it logs."""
+
+    state_dir: Path = field(
+        default_factory=default_state_dir, metadata=option("durable state (default: {default})")
+    )
+    no_state: bool = field(default=False, metadata=option("keep nothing across restarts"))
+    reset_state: bool = field(
+        default=False, metadata=option("move the existing state file aside and start empty")
+    )
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorOptions:
+    """The market simulator's flags (``--source sim``)."""
+
+    seed: int = field(default=7, metadata=option("same seed, same market"))
+    sim_users: int = field(
+        default=1, metadata=option("portfolios to simulate: 'demo' and sim-0001 … (for load)")
+    )
+    sim_tick_rate: float = field(
+        default=40.0, metadata=option("price ticks per second over the whole universe")
+    )
+    sim_order_rate: float = field(default=0.3, metadata=option("new orders per second per user"))
+    sim_speed: float = field(
+        default=60.0, metadata=option("how many times faster than the clock prices move")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AlpacaFlags:
+    """The Alpaca source's flags (``--source alpaca``); its keys come from the environment only."""
+
+    alpaca_user: str | None = field(
+        default=None, metadata=option("the AlphaFlow user whose portfolio the Alpaca account is")
+    )
+    alpaca_accounts: Path | None = field(
+        default=None,
+        metadata=option("TOML file of [[account]] user / key_env / secret_env / paper, for several users"),
+    )
+    alpaca_live: bool = field(default=False, metadata=option("trade the live account (default: paper)"))
+    alpaca_feed: str = field(default="iex", metadata=option(choices=("iex", "sip")))
+    alpaca_reconcile_s: float = field(
+        default=60.0, metadata=option("how often to reconcile with the broker's REST state")
+    )
+    alpaca_trading_url: str | None = field(
+        default=None, metadata=option("override the REST URL (tests, proxies)")
+    )
+    alpaca_stream_url: str | None = field(
+        default=None, metadata=option("override the trade updates stream URL (tests, proxies)")
+    )
+    alpaca_data_url: str | None = field(
+        default=None, metadata=option("override the market data stream URL (tests, proxies)")
+    )

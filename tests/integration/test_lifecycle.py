@@ -11,6 +11,7 @@ import signal
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from alphaflow_server.cli import build_parser
 from tests.support.cli import run_cli
 from tests.support.client import StreamClient, auth, handshake, refusal
 from tests.support.server import ServerProcess, Tokens
@@ -113,8 +114,6 @@ def test_serve_reads_its_flags_from_alphaflow_environment_variables(tmp_path, to
 
 
 def test_serve_with_no_arguments_runs_the_simulator_on_the_default_address(monkeypatch) -> None:
-    from alphaflow_live.cli import build_parser
-
     for name in [n for n in os.environ if n.startswith("ALPHAFLOW_")]:
         monkeypatch.delenv(name)
 

@@ -11,7 +11,7 @@ def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "alphaflow_live.cli", *args],
+        [sys.executable, "-m", "alphaflow_server", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

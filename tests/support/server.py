@@ -57,7 +57,7 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         # Defaults for a quiet, isolated server; flags in self.args come later and win.
         command = [
-            sys.executable, "-m", "alphaflow_live.cli", "serve",
+            sys.executable, "-m", "alphaflow_server", "serve",
             "--host", "127.0.0.1", "--port", str(self.port), "--source", "none",
             "--users-file", str(self.users_file), "--state-dir", str(self.state_dir), *self.args,
         ]  # fmt: skip

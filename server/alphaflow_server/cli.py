@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -10,12 +11,31 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-DEFAULT_URL = "ws://127.0.0.1:8765/ws/portfolio"
+import msgspec
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.sync.client import connect
+
+from alphaflow_live.codes import ADMIN_PATH, DEFAULT_URL
+from alphaflow_live.protocol import (
+    Ack,
+    Error,
+    GetStats,
+    SetStreaming,
+    Stats,
+    admin_reply_decoder,
+    encode,
+    json_schema,
+)
+
+from . import command
+from .auth import UsersFileError, load_users_file, save_users_file
+
+# The modules pyproject's [server] extra installs: serve needs them, the other commands do not.
+SERVER_EXTRA_MODULES = ("prometheus_client",)
+SERVER_EXTRA_INSTALL = "pip install 'alphaflow-live[server]'"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alphaflow_server import command
-
     parser = argparse.ArgumentParser(
         prog="alphaflow-live", description="AlphaFlow Live: live portfolios in Jupyter."
     )
@@ -62,17 +82,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return handler(args)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from alphaflow_server import command
+def missing_server_modules() -> list[str]:
+    return [name for name in SERVER_EXTRA_MODULES if importlib.util.find_spec(name) is None]
 
+
+def _serve(args: argparse.Namespace) -> int:
+    # Said before anything starts: without the extra the server would run until its first /metrics scrape.
+    if missing := missing_server_modules():
+        print(
+            f"alphaflow-live serve: the stream server needs its extra dependencies "
+            f"(missing: {', '.join(missing)}); install them with: {SERVER_EXTRA_INSTALL}",
+            file=sys.stderr,
+        )
+        return 2
     return command.run(args)
 
 
 def _users(args: argparse.Namespace) -> int:
-    from alphaflow_server.auth import UsersFileError, load_users_file, save_users_file
-    from alphaflow_server.config import default_users_file
-
-    path: Path = args.users_file or default_users_file()
+    path: Path = args.users_file
     try:
         store = load_users_file(path)
     except UsersFileError as exc:
@@ -106,19 +133,14 @@ def _users(args: argparse.Namespace) -> int:
 
 
 def admin_url(explicit: str | None) -> str:
-    """The /ws/admin URL on the host of ``--url`` or ``$ALPHAFLOW_URL``."""
+    """The admin stream's URL on the host of ``--url`` or ``$ALPHAFLOW_URL``."""
     base = explicit or os.environ.get("ALPHAFLOW_URL") or DEFAULT_URL
     parts = urlsplit(base)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme or "ws")
-    return urlunsplit((scheme, parts.netloc, "/ws/admin", "", ""))
+    return urlunsplit((scheme, parts.netloc, ADMIN_PATH, "", ""))
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from websockets.exceptions import InvalidStatus, WebSocketException
-    from websockets.sync.client import connect
-
-    from .protocol import Ack, Error, GetStats, SetStreaming, Stats, admin_reply_decoder, encode
-
     token = os.environ.get("ALPHAFLOW_ADMIN_TOKEN")
     if not token:
         print(
@@ -151,8 +173,6 @@ def _admin(args: argparse.Namespace) -> int:
         print(f"alphaflow-live admin: {reply.code}: {reply.message}", file=sys.stderr)
         return 1
     if isinstance(reply, Stats):
-        import msgspec
-
         print(msgspec.json.format(encode(reply), indent=2).decode())
     elif isinstance(reply, Ack):
         print(f"streaming {args.state}")
@@ -168,12 +188,6 @@ def _error_text(body: bytes | None) -> str:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from .protocol import json_schema
-
     json.dump(json_schema(), sys.stdout, indent=2)
     print()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -39,10 +39,11 @@ test: install system-deps js/node_modules/.install-stamp
 	cd js && npx vitest run
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install js/node_modules/.install-stamp
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	cd js && npx tsc --noEmit -p tsconfig.json
 
 format: install
 	$(BIN)/ruff check --fix .

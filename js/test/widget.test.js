@@ -1,6 +1,10 @@
 import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
-import widget, { classifyFreshness, mergeDelta, render } from "../src/widget.js";
+import * as widgetModule from "../src/widget.js";
+import widget, { classifyFreshness, mergeDelta } from "../src/widget.js";
 import { account, createFakeModel, order, position, rowsOf, stubReducedMotion } from "./fake-model.js";
+
+// anywidget calls render through the default export; a named `render` export would make it warn.
+const { render } = widget;
 
 const NOW = Date.UTC(2025, 0, 2, 15, 0, 0);
 
@@ -51,8 +55,13 @@ function deltaUpserting(version, positions, extra = {}) {
 }
 
 describe("module shape", () => {
-  test("exports render both as default.render and by name", () => {
+  test("exports render as default.render", () => {
     expect(widget.render).toBe(render);
+  });
+
+  test("has no named render export, which anywidget reports as deprecated", () => {
+    expect(Object.keys(widgetModule)).not.toContain("render");
+    expect(typeof widget.render).toBe("function");
   });
 
   test("root carries afl-root and the component class", () => {

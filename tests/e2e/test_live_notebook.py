@@ -81,6 +81,9 @@ def test_the_live_notebook_streams_animates_and_survives_a_server_restart(
     lab = JupyterLab(
         root, tmp_path / "lab", {"ALPHAFLOW_URL": f"{server.ws_base}/ws/portfolio", "ALPHAFLOW_TOKEN": token}
     ).start()
+    # anywidget warns in the console when a widget module exports `render` by name.
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
     try:
         page.goto(lab.url("/lab/tree/live_portfolio.ipynb"))
 
@@ -129,6 +132,11 @@ def test_the_live_notebook_streams_animates_and_survives_a_server_restart(
         assert page.locator(".afl-component-portfolio .afl-banner[hidden]").count() == 1
         assert badge.inner_text().strip() == "Live"
         shot(page, "5-live-again")
+
+        deprecations = [m for m in console if "deprecated" in m.lower() and "render" in m.lower()]
+        assert not deprecations, (
+            f"expected no anywidget deprecation warning in the console, got: {deprecations}"
+        )
     except Exception:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "failure.png"))

@@ -95,9 +95,7 @@ def widget_messages(snapshot: Snapshot, seconds: float, *, whole_rows: bool) -> 
         for _ in range(10):  # 10 ticks every 10 ms
             seq += 1
             event = position(SYMBOLS[seq % 500], seq % 90 + 1, f"{100 + seq % 50}.25", seq)
-            live.feed(
-                Batch(epoch="e-1", from_seq=seq - 1, to_seq=seq, server_time=TS, events=[event])
-            )
+            live.feed(Batch(epoch="e-1", from_seq=seq - 1, to_seq=seq, server_time=TS, events=[event]))
             ticks += 1
         slot += 1
         pause = started + slot * 0.01 - time.perf_counter()

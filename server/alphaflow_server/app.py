@@ -1,7 +1,8 @@
-"""The stream server: websockets ``serve()``, handshake auth, HTTP endpoints, shutdown.
+"""The stream server: websockets ``serve()``, the HTTP endpoints, sources, shutdown.
 
-Everything with rules lives in the sans-I/O cores (journal, batcher, limits,
-state); this module admits connections, routes them and moves bytes.
+Everything with rules lives in the sans-I/O cores (admission, subscription,
+journal, batcher, limits, state); this module wires them together, applies
+their decisions and moves bytes.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 
+from alphaflow_live.codes import CLOSE_STREAMING_DISABLED
 from alphaflow_live.protocol import (
     Ack,
     GetStats,
@@ -38,34 +38,21 @@ from alphaflow_live.protocol import (
     format_timestamp,
 )
 
-from .auth import Principal, Role, UsersFileWatcher
+from .admission import OpenStream, Refused, ServePublic, ServeRest, decide
+from .auth import UsersFileWatcher
 from .bus import EventBus, JournalOptions
 from .config import ServerConfig
 from .engine import PortfolioEngine
-from .http_api import TOKEN_QUERY_PARAMETERS, bearer_or_cookie, json_response, refusal, response
+from .http_api import MetricsEndpoint, health_response, json_response, refusal
 from .ledger import Ledger
-from .limits import ConnectionLimiter, Refusal
+from .limits import ConnectionLimiter
 from .rpc import serve_requests
-from .session import CLOSE_STREAMING_DISABLED, PortfolioSession
+from .session import PortfolioSession
+from .sources import ServerPort, Source
 from .stats import Health, ServerStats, StatsCollector
 from .store import MemoryStore, StateStore
 
 log = logging.getLogger("alphaflow.server")
-
-STREAM_ROLES: dict[str, tuple[str, Role]] = {
-    "/ws/portfolio": ("portfolio", "user"),
-    "/ws/ingest": ("ingest", "service"),
-    "/ws/admin": ("admin", "admin"),
-}
-SNAPSHOT_PATH = "/api/portfolio/snapshot"
-STREAMING_DISABLED_BODY = {"error": "streaming_disabled", "fallback": SNAPSHOT_PATH}
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    principal: Principal
-    stream: str
-    opened_at: float
 
 
 # How close together re-mark turns may be and still share one wake-up of the event loop.
@@ -111,12 +98,13 @@ class StreamServer:
         self.sessions: dict[ServerConnection, PortfolioSession] = {}
         self.streaming_enabled = True
         self.set_streaming(not config.disable_streaming)
-        self._admitted: dict[ServerConnection, Admission] = {}
+        self._admitted: dict[ServerConnection, OpenStream] = {}
         self._server: Server | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._sources: dict[str, Callable[[StreamServer], Awaitable[None]]] = {}
+        self._sources: dict[str, Source] = {}
+        self._port = ServerPort(self.ingest_local, self.engine, self.bus, self.health)
         self._source_tasks: list[asyncio.Task[None]] = []
-        self._metrics_registry: Any = None
+        self._metrics = MetricsEndpoint(StatsCollector(self.stats_report, self.stats.latency))
         self.port: int | None = None
         self._remark_timer: asyncio.Handle | None = None
 
@@ -190,8 +178,8 @@ class StreamServer:
 
     # --------------------------------------------------------------- sources
 
-    def add_source(self, name: str, run: Callable[[StreamServer], Awaitable[None]]) -> None:
-        """A coroutine that feeds events through ``ingest_local`` while the server runs."""
+    def add_source(self, name: str, run: Source) -> None:
+        """A coroutine that feeds events through its SourcePort while the server runs."""
         self._sources[name] = run
 
     async def ingest_local(self, message: Publish | Prices) -> Ack:
@@ -199,9 +187,9 @@ class StreamServer:
         (encoded and decoded, so it is validated exactly as a remote publisher's would be)."""
         return await self._ingest(decode_ingest_message(encode(message)))
 
-    async def _run_source(self, name: str, run: Callable[[StreamServer], Awaitable[None]]) -> None:
+    async def _run_source(self, name: str, run: Source) -> None:
         try:
-            await run(self)
+            await run(self._port)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -228,127 +216,52 @@ class StreamServer:
         else:
             self.health.set("streaming", "degraded", "streaming disabled by operator; REST snapshot serving")
             for session in list(self.sessions.values()):
-                asyncio.get_running_loop().create_task(session.close(*CLOSE_STREAMING_DISABLED))
+                session.close_soon(*CLOSE_STREAMING_DISABLED)
 
     # -------------------------------------------------------------- handshake
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
         # Never log request.path: it may hold a credential.
-        if any(
-            name.lower() in TOKEN_QUERY_PARAMETERS for name, _ in parse_qsl(url.query, keep_blank_values=True)
-        ):
-            return self._refuse(
-                http.HTTPStatus.BAD_REQUEST,
-                "token_in_url",
-                "credentials in the URL are refused; send 'Authorization: Bearer <token>' "
-                "or the alphaflow_session cookie",
-            )
-        path = url.path
-        if path == "/healthz":
-            return self._healthz()
-        if path == "/metrics":
-            return self._metrics()
-        route = STREAM_ROLES.get(path)
-        if route is None and path not in (SNAPSHOT_PATH, "/api/admin/websocket-stats"):
-            return self._refuse(http.HTTPStatus.NOT_FOUND, "not_found", f"no endpoint at {path}")
-        token = bearer_or_cookie(request.headers)
-        if token is None:
-            return self._refuse(
-                http.HTTPStatus.UNAUTHORIZED,
-                "missing_token",
-                "no credentials: send 'Authorization: Bearer <token>' "
-                "(create one with alphaflow-live users add)",
-                headers=[("WWW-Authenticate", "Bearer")],
-            )
-        principal = self.users.current(time.monotonic()).authenticate(token)
-        if principal is None:
-            return self._refuse(
-                http.HTTPStatus.UNAUTHORIZED,
-                "invalid_token",
-                "token rejected: unknown token (run alphaflow-live users add, or users rotate)",
-                headers=[("WWW-Authenticate", 'Bearer error="invalid_token"')],
-            )
-        if route is None:
-            return self._rest(path, principal)
-        stream, role = route
-        if principal.role != role:
-            return self._wrong_role(path, role, principal)
-        if stream == "portfolio" and not self.streaming_enabled:
-            self.stats.handshakes_refused["streaming_disabled"] += 1
-            return json_response(
-                http.HTTPStatus.SERVICE_UNAVAILABLE,
-                {
-                    **STREAMING_DISABLED_BODY,
-                    "message": f"streaming is switched off by the operator; poll {SNAPSHOT_PATH}",
-                },
-            )
-        refused = self.limiter.acquire(principal.name, per_user_limit=stream == "portfolio")
-        if refused is Refusal.PER_USER:
-            return self._refuse(
-                http.HTTPStatus.TOO_MANY_REQUESTS,
-                refused.value,
-                f"user '{principal.name}' already has {self.limiter.max_per_user} connections "
-                "(the per-user limit); close one first",
-                headers=[("Retry-After", "5")],
-            )
-        if refused is Refusal.TOTAL:
-            return self._refuse(
-                http.HTTPStatus.SERVICE_UNAVAILABLE,
-                refused.value,
-                f"the server holds its maximum of {self.limiter.max_total} connections; retry later",
-                headers=[("Retry-After", "5")],
-            )
-        self._admitted[connection] = Admission(principal, stream, time.monotonic())
+        now = time.monotonic()
+        decision = decide(
+            request.path,
+            request.headers,
+            now,
+            authenticate=lambda token: self.users.current(now).authenticate(token),
+            streaming_enabled=self.streaming_enabled,
+            capacity=self.limiter,
+        )
+        if isinstance(decision, Refused):
+            self.stats.handshakes_refused[decision.code.value] += 1
+            return refusal(decision)
+        if isinstance(decision, ServePublic):
+            if decision.endpoint == "healthz":
+                return health_response(
+                    self.health,
+                    streaming_enabled=self.streaming_enabled,
+                    connections=self.limiter.total,
+                    uptime_s=time.monotonic() - self.stats.started_at,
+                )
+            return self._metrics.response()
+        if isinstance(decision, ServeRest):
+            return self._rest(decision)
+        self.limiter.add(decision.principal.name, per_user_limit=decision.per_user_limit)
+        self._admitted[connection] = decision
         connection.connection_lost_waiter.add_done_callback(lambda _: self._release(connection))
         return None
 
     def _release(self, connection: ServerConnection) -> None:
         admission = self._admitted.pop(connection, None)
         if admission is not None:
-            self.limiter.release(admission.principal.name, per_user_limit=admission.stream == "portfolio")
-
-    def _refuse(self, status: http.HTTPStatus, code: str, message: str, **kwargs: Any) -> Response:
-        self.stats.handshakes_refused[code] += 1
-        return refusal(status, code, message, **kwargs)
+            self.limiter.release(admission.principal.name, per_user_limit=admission.per_user_limit)
 
     # ------------------------------------------------------------ plain HTTP
 
-    def _healthz(self) -> Response:
-        status = self.health.status
-        body = {
-            "status": status,
-            "reasons": self.health.reasons,
-            "streaming_enabled": self.streaming_enabled,
-            "connections": self.limiter.total,
-            "uptime_s": round(time.monotonic() - self.stats.started_at, 3),
-        }
-        code = http.HTTPStatus.SERVICE_UNAVAILABLE if status == "offline" else http.HTTPStatus.OK
-        return json_response(code, body)
-
-    def _metrics(self) -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-        if self._metrics_registry is None:
-            self._metrics_registry = CollectorRegistry(auto_describe=False)
-            self._metrics_registry.register(StatsCollector(self.stats_report, self.stats.latency))
-        return response(http.HTTPStatus.OK, generate_latest(self._metrics_registry), CONTENT_TYPE_LATEST)
-
-    def _rest(self, path: str, principal: Principal) -> Response:
-        role = "user" if path == SNAPSHOT_PATH else "admin"
-        if principal.role != role:
-            return self._wrong_role(path, role, principal)
-        if path == SNAPSHOT_PATH:
-            state = self.bus.user(principal.name).state
+    def _rest(self, request: ServeRest) -> Response:
+        if request.endpoint == "snapshot":
+            state = self.bus.user(request.principal.name).state
             return json_response(http.HTTPStatus.OK, state.to_snapshot(format_timestamp(time.time())))
         return json_response(http.HTTPStatus.OK, self.stats_report())
-
-    def _wrong_role(self, path: str, role: str, principal: Principal) -> Response:
-        return self._refuse(
-            http.HTTPStatus.FORBIDDEN,
-            "wrong_role",
-            f"{path} needs a token of role '{role}'; this token has role '{principal.role}'",
-        )
 
     def stats_report(self) -> StatsReport:
         by_stream: Counter[str] = Counter({"portfolio": 0, "ingest": 0, "admin": 0})

@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import os
 import sys
-import time
 import types
 import typing
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from .app import StreamServer
 from .auth import UsersFileError, UsersFileWatcher, load_users_file, save_users_file
 from .config import AlpacaFlags, ServeOptions, ServerConfig, SimulatorOptions, option_of
 from .logs import configure_logging
+from .sources import Source
 from .store import StateError, open_store
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def ensure_demo_user(users_file: Path) -> str | None:
     return None
 
 
-def alpaca_source_from(args: argparse.Namespace) -> Callable[[Any], Any]:
+def alpaca_source_from(args: argparse.Namespace) -> Source:
     from .sources.alpaca import (
         AlpacaAccount,
         AlpacaConfigError,
@@ -241,8 +241,9 @@ def alpaca_source_from(args: argparse.Namespace) -> Callable[[Any], Any]:
     return alpaca_source(accounts, options)
 
 
-def simulator_source(args: argparse.Namespace) -> Callable[[Any], Any]:
-    from .sources.sim import MarketSimulator, SimConfig, run_simulator
+def simulator_source(args: argparse.Namespace) -> Source:
+    from .sources.sim import SimConfig
+    from .sources.sim import simulator_source as sim_source
 
     users = ("demo", *(f"sim-{i:04d}" for i in range(1, max(1, args.sim_users))))
     config = SimConfig(
@@ -253,9 +254,4 @@ def simulator_source(args: argparse.Namespace) -> Callable[[Any], Any]:
         speed=args.sim_speed,
         initial_cash=Decimal("100000"),
     )
-
-    async def run_source(server: Any) -> None:
-        simulator = MarketSimulator(config, start_time=time.time())
-        await run_simulator(simulator, server.ingest_local, clock=time.time)
-
-    return run_source
+    return sim_source(config)

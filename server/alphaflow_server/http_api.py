@@ -12,9 +12,8 @@ from websockets.http11 import Response
 
 from alphaflow_live.protocol import encode
 
-# Query parameters that would put a credential in a URL (and so in logs and history).
-TOKEN_QUERY_PARAMETERS = frozenset({"token", "access_token", "api_key", "session"})
-SESSION_COOKIE = "alphaflow_session"
+from .admission import Refused
+from .stats import Health, StatsCollector
 
 
 def response(
@@ -43,29 +42,43 @@ def json_response(status: http.HTTPStatus, payload: Any, headers: Iterable[tuple
     return response(status, body, "application/json", headers)
 
 
-def refusal(
-    status: http.HTTPStatus,
-    code: str,
-    message: str,
-    *,
-    headers: Iterable[tuple[str, str]] = (),
-    **extra: Any,
+def refusal(refused: Refused) -> Response:
+    """Every refused handshake or request: ``{"error": code, ...fields, "message": text}``."""
+    body = {"error": refused.code.value, **dict(refused.fields), "message": refused.message}
+    return json_response(refused.status, body, refused.headers)
+
+
+def health_response(
+    health: Health, *, streaming_enabled: bool, connections: int, uptime_s: float
 ) -> Response:
-    """Every refused handshake: ``{"error": code, "message": text, ...}``."""
-    return json_response(status, {"error": code, "message": message, **extra}, headers)
+    """``/healthz``: 200 while the server serves at all, 503 once it is offline."""
+    status = health.status
+    body = {
+        "status": status,
+        "reasons": health.reasons,
+        "streaming_enabled": streaming_enabled,
+        "connections": connections,
+        "uptime_s": round(uptime_s, 3),
+    }
+    code = http.HTTPStatus.SERVICE_UNAVAILABLE if status == "offline" else http.HTTPStatus.OK
+    return json_response(code, body)
 
 
-def bearer_or_cookie(headers: Headers) -> str | None:
-    """The token from ``Authorization: Bearer`` or the session cookie; nothing else counts."""
-    authorization = headers.get("Authorization")
-    if authorization:
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return None
-    for cookie_header in headers.get_all("Cookie"):
-        for part in cookie_header.split(";"):
-            name, sep, value = part.strip().partition("=")
-            if sep and name == SESSION_COOKIE and value:
-                return value.strip('"')
-    return None
+class MetricsEndpoint:
+    """``/metrics``: the collector's figures in Prometheus text format.
+
+    prometheus_client is imported at the first scrape, so a server nobody
+    scrapes never loads it.
+    """
+
+    def __init__(self, collector: StatsCollector) -> None:
+        self._collector = collector
+        self._registry: Any = None
+
+    def response(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(self._collector)
+        return response(http.HTTPStatus.OK, generate_latest(self._registry), CONTENT_TYPE_LATEST)

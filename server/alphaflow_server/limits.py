@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Final
+
+from alphaflow_live.codes import Refusal
 
 
 class TokenBucket:
@@ -28,13 +30,20 @@ class TokenBucket:
         return False
 
 
-class Refusal(enum.Enum):
-    PER_USER = "too_many_connections"
-    TOTAL = "server_full"
+class Limit:
+    """The refusal each limit of the ConnectionLimiter answers with."""
+
+    PER_USER: Final = Refusal.TOO_MANY_CONNECTIONS
+    TOTAL: Final = Refusal.SERVER_FULL
 
 
 class ConnectionLimiter:
-    """Counts connections per user and in total, from the handshake until the socket closes."""
+    """Counts connections per user and in total, from the handshake until the socket closes.
+
+    The total is checked before the per-user count, so a full server says so
+    whoever asks. Service and admin streams count towards the total but not
+    the per-user limit.
+    """
 
     def __init__(self, *, max_total: int, max_per_user: int) -> None:
         self.max_total = max_total
@@ -42,17 +51,26 @@ class ConnectionLimiter:
         self.total = 0
         self.per_user: Counter[str] = Counter()
 
-    def acquire(self, user_id: str, *, per_user_limit: bool = True) -> Refusal | None:
-        """Reserve a place, or say why there is none. Service and admin streams
-        count towards the total but not the per-user limit."""
+    def check(self, user_id: str, *, per_user_limit: bool = True) -> Refusal | None:
+        """Why there is no place for this connection, or None when there is one; changes nothing."""
         if self.total >= self.max_total:
-            return Refusal.TOTAL
-        if per_user_limit and self.per_user[user_id] >= self.max_per_user:
-            return Refusal.PER_USER
+            return Limit.TOTAL
+        if per_user_limit and self.per_user.get(user_id, 0) >= self.max_per_user:
+            return Limit.PER_USER
+        return None
+
+    def add(self, user_id: str, *, per_user_limit: bool = True) -> None:
+        """Count a connection that ``check`` found a place for."""
         self.total += 1
         if per_user_limit:
             self.per_user[user_id] += 1
-        return None
+
+    def acquire(self, user_id: str, *, per_user_limit: bool = True) -> Refusal | None:
+        """Reserve a place, or say why there is none."""
+        refused = self.check(user_id, per_user_limit=per_user_limit)
+        if refused is None:
+            self.add(user_id, per_user_limit=per_user_limit)
+        return refused
 
     def release(self, user_id: str, *, per_user_limit: bool = True) -> None:
         self.total -= 1

@@ -11,10 +11,12 @@ import resource
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from alphaflow_live.metrics import LatencyHistogram
 from alphaflow_live.protocol import StatsReport
+
+HealthStatus = Literal["healthy", "degraded", "offline"]
 
 
 class Health:
@@ -25,7 +27,7 @@ class Health:
     def __init__(self) -> None:
         self._components: dict[str, tuple[str, str]] = {}
 
-    def set(self, component: str, status: str, reason: str = "") -> None:
+    def set(self, component: str, status: HealthStatus, reason: str = "") -> None:
         if status not in self._ORDER:
             raise ValueError(f"unknown health status {status!r}")
         if status == "healthy":

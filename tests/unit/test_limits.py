@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alphaflow_server.limits import ConnectionLimiter, Outbox, Refusal, TokenBucket
+from alphaflow_server.limits import ConnectionLimiter, Outbox, TokenBucket
+from alphaflow_server.limits import Limit as Refusal
 
 PROPERTY = settings(max_examples=200, deadline=None)
 

@@ -4,8 +4,9 @@ Per account: the REST ``TradingClient`` reconciles (account, positions, open
 orders, published as authoritative) at start, after every trading-stream
 (re)connect and every ``reconcile_s``; the ``TradingStream`` turns trade
 updates into order and fill events; the ``StockDataStream`` turns trades of
-the held symbols into price ticks. Everything enters through the server's
-ingest path. Keys come from environment variables only and never reach a log.
+the held symbols into price ticks. Everything enters through the SourcePort
+(the server's ingest path), the only part of the server a feed sees. Keys
+come from environment variables only and never reach a log.
 
 Traps of alpaca-py 0.44 handled here: its streams run inside our loop via
 ``_run_forever()`` and stop with ``stop_ws()``; its blocking calls (REST, and
@@ -23,7 +24,7 @@ import logging
 import os
 import time
 import tomllib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,9 @@ from alphaflow_live.protocol import (
 )
 
 from . import alpaca_map
+from .port import Source, SourcePort
 
 log = logging.getLogger("alphaflow.server.alpaca")
-
-Ingest = Callable[[Publish | Prices], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +102,17 @@ def credentials(account: AlpacaAccount) -> tuple[str, str]:
 
 
 class AccountFeed:
-    """One account: REST reconcile, trade updates and market data, feeding ``ingest``."""
+    """One account: REST reconcile, trade updates and market data, fed into the port."""
 
-    def __init__(self, server: Any, account: AlpacaAccount, options: AlpacaOptions, ingest: Ingest) -> None:
+    def __init__(self, port: SourcePort, account: AlpacaAccount, options: AlpacaOptions) -> None:
         from alpaca.data.enums import DataFeed
         from alpaca.data.live import StockDataStream
         from alpaca.trading.client import TradingClient
         from alpaca.trading.stream import TradingStream
 
-        self.server = server
+        self.port = port
         self.account = account
         self.options = options
-        self.ingest = ingest
         self.user_id = account.user_id
         self.component = f"source:alpaca:{account.user_id}"
         key, secret = credentials(account)
@@ -224,15 +223,13 @@ class AccountFeed:
         except Exception as exc:  # network errors come in many shapes from requests
             return self._unhealthy(f"Alpaca REST unreachable: {type(exc).__name__}")
         now = format_timestamp(time.time())
-        book = self.server.engine.book(self.user_id)
         events: list[Event] = [alpaca_map.position_event(p, now=now) for p in positions]
-        held = {p["symbol"] for p in positions}
-        events += [
-            PositionClosedEvent(ts=now, data=ClosedPosition(symbol=s)) for s in book.holdings if s not in held
-        ]
+        gone = self.port.holdings(self.user_id) - {p["symbol"] for p in positions}
+        events += [PositionClosedEvent(ts=now, data=ClosedPosition(symbol=s)) for s in sorted(gone)]
         events += [alpaca_map.order_event(o, now=now) for o in orders]
-        events.append(alpaca_map.account_event(account, realized_pl_today=book.realized_pl_today, now=now))
-        await self.ingest(Publish(user_id=self.user_id, events=events))
+        realized = self.port.realized_pl_today(self.user_id)
+        events.append(alpaca_map.account_event(account, realized_pl_today=realized, now=now))
+        await self.port.ingest(Publish(user_id=self.user_id, events=events))
         if not self._healthy_rest:
             log.info(
                 "event=alpaca_reconciled user=%s positions=%d open_orders=%d",
@@ -242,7 +239,7 @@ class AccountFeed:
             )
         self._healthy_rest = True
         self._problem = None
-        self.server.health.set(self.component, "healthy")
+        self.port.report_health(self.component, "healthy")
         await self._sync_subscriptions()
         return True
 
@@ -251,7 +248,7 @@ class AccountFeed:
             log.error("event=alpaca_unavailable user=%s reason=%r", self.user_id, reason)
         self._problem = reason
         self._healthy_rest = False
-        self.server.health.set(self.component, "degraded", reason)
+        self.port.report_health(self.component, "degraded", reason)
         return False
 
     # ---------------------------------------------------------------- streams
@@ -263,9 +260,9 @@ class AccountFeed:
         except (KeyError, ValueError, ArithmeticError) as exc:
             log.warning("event=alpaca_bad_update user=%s error=%s", self.user_id, exc)
             return
-        if execution_id is not None and self.server.bus.user(self.user_id).state.has_fill(execution_id):
+        if execution_id is not None and self.port.has_fill(self.user_id, execution_id):
             events = events[1:]  # a redelivered execution: the order state still counts, the fill once
-        await self.ingest(Publish(user_id=self.user_id, events=events))
+        await self.port.ingest(Publish(user_id=self.user_id, events=events))
         await self._sync_subscriptions()
 
     async def _on_market_trade(self, raw: dict[str, Any]) -> None:
@@ -273,12 +270,12 @@ class AccountFeed:
             tick = alpaca_map.price_tick(raw, now=format_timestamp(time.time()))
         except (KeyError, ValueError, ArithmeticError):
             return
-        await self.ingest(Prices(prices=[tick]))
+        await self.port.ingest(Prices(prices=[tick]))
 
     async def _sync_subscriptions(self) -> None:
         """Trades of exactly the held symbols."""
         async with self._subscription_lock:
-            held = set(self.server.engine.book(self.user_id).holdings)
+            held = set(self.port.holdings(self.user_id))
             new, gone = sorted(held - self._subscribed), sorted(self._subscribed - held)
             # The SDK's subscribe calls block on its own loop: run them in a thread.
             if new:
@@ -290,19 +287,17 @@ class AccountFeed:
                 self._holding_something.set()
 
 
-def alpaca_source(
-    accounts: Sequence[AlpacaAccount], options: AlpacaOptions
-) -> Callable[[Any], Awaitable[None]]:
-    """The server source: one AccountFeed per account, all through ``server.ingest_local``."""
+def alpaca_source(accounts: Sequence[AlpacaAccount], options: AlpacaOptions) -> Source:
+    """The server source: one AccountFeed per account, all through the port's ``ingest``."""
 
-    async def run(server: Any) -> None:
+    async def run(port: SourcePort) -> None:
         feeds = []
         for account in accounts:
             try:
-                feeds.append(AccountFeed(server, account, options, server.ingest_local))
+                feeds.append(AccountFeed(port, account, options))
             except AlpacaConfigError as exc:
                 log.error("event=alpaca_config_error reason=%r", str(exc))
-                server.health.set(f"source:alpaca:{account.user_id}", "degraded", str(exc))
+                port.report_health(f"source:alpaca:{account.user_id}", "degraded", str(exc))
         await asyncio.gather(*(feed.run() for feed in feeds))
 
     return run

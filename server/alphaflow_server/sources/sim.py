@@ -5,7 +5,8 @@ by a fixed ``step_s`` and returns the ingest messages (``prices`` and
 ``publish``) that a trading service would have sent in that step. With the same
 seed and start time it produces the same messages, whatever the machine's
 timing. ``run_simulator`` is the thin shell that calls it on a clock and feeds
-the messages through the server's own ingest path.
+the messages through the server's own ingest path; ``simulator_source`` makes
+that a server source (it needs nothing of the port but ``ingest``).
 
 Prices follow a geometric random walk per symbol (annualised drift and
 volatility per ticker, time compressed by ``speed`` so that moves are visible
@@ -22,6 +23,7 @@ import itertools
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -41,6 +43,8 @@ from alphaflow_live.protocol import (
     Publish,
     format_timestamp,
 )
+
+from .port import Source, SourcePort
 
 log = logging.getLogger("alphaflow.server.sim")
 
@@ -336,3 +340,12 @@ async def run_simulator(
         if clock() - simulator.now > 5:
             log.warning("event=sim_lagging behind_s=%.1f action=skip_ahead", clock() - simulator.now)
             simulator.skip_to(clock())
+
+
+def simulator_source(config: SimConfig, *, clock: Callable[[], float] = time.time) -> Source:
+    """The server source: a market that opens when the server starts, on the wall clock."""
+
+    async def run(port: SourcePort) -> None:
+        await run_simulator(MarketSimulator(config, start_time=clock()), port.ingest, clock=clock)
+
+    return run

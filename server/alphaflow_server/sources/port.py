@@ -1,0 +1,74 @@
+"""SourcePort: everything a source (simulator, broker feed) may ask of the server, and nothing more.
+
+A source is a coroutine function given the port; it runs for the server's
+lifetime and is cancelled at shutdown. Everything it publishes goes through
+``ingest``, the same path (and the same validation) as a remote publisher's
+on /ws/ingest. The reads answer from the server's current state.
+``ServerPort`` is the port the StreamServer gives its sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Protocol
+
+from alphaflow_live.protocol import Ack, Prices, Publish
+
+from ..bus import EventBus
+from ..engine import PortfolioEngine
+from ..stats import Health, HealthStatus
+
+
+class SourcePort(Protocol):
+    def ingest(self, message: Publish | Prices) -> Awaitable[Ack]:
+        """Publish as /ws/ingest does; the ack says which seqs (and duplicates) it became."""
+        ...
+
+    def holdings(self, user_id: str) -> frozenset[str]:
+        """The symbols the user holds a position in."""
+        ...
+
+    def realized_pl_today(self, user_id: str) -> Decimal: ...
+
+    def has_fill(self, user_id: str, fill_id: str) -> bool:
+        """Whether this execution is among the user's recent fills (its id is its idempotency key)."""
+        ...
+
+    def report_health(self, component: str, status: HealthStatus, reason: str = "") -> None:
+        """Say how the source's ``component`` is doing; shown by /healthz and the stats."""
+        ...
+
+
+Source = Callable[[SourcePort], Awaitable[None]]
+
+
+class ServerPort:
+    """The SourcePort of a StreamServer: its ingest path and the reads a source needs."""
+
+    def __init__(
+        self,
+        ingest: Callable[[Publish | Prices], Awaitable[Ack]],
+        engine: PortfolioEngine,
+        bus: EventBus,
+        health: Health,
+    ) -> None:
+        self._ingest = ingest
+        self._engine = engine
+        self._bus = bus
+        self._health = health
+
+    def ingest(self, message: Publish | Prices) -> Awaitable[Ack]:
+        return self._ingest(message)
+
+    def holdings(self, user_id: str) -> frozenset[str]:
+        return frozenset(self._engine.book(user_id).holdings)
+
+    def realized_pl_today(self, user_id: str) -> Decimal:
+        return self._engine.book(user_id).realized_pl_today
+
+    def has_fill(self, user_id: str, fill_id: str) -> bool:
+        return self._bus.user(user_id).state.has_fill(fill_id)
+
+    def report_health(self, component: str, status: HealthStatus, reason: str = "") -> None:
+        self._health.set(component, status, reason)

@@ -109,6 +109,18 @@ class Batcher:
         self._pending_encoded = []
         self._first_pending_at = None
 
+    def narrow(self, channels: Iterable[str]) -> None:
+        """Subscribe to ``channels`` alone from now on, dropping what is pending of the others
+        (an unsubscribe while nothing pending may go out yet)."""
+        self.channels = frozenset(channels)
+        raws = self._pending_encoded
+        kept = [i for i, event in enumerate(self._pending) if event.channel in self.channels]
+        self._pending = [self._pending[i] for i in kept]
+        if raws is not None:
+            self._pending_encoded = [raws[i] for i in kept]
+        if not self._pending:
+            self._first_pending_at = None
+
     @property
     def upto(self) -> int:
         """The highest seq handed to this batcher."""

@@ -142,11 +142,26 @@ class Journal:
     def can_resume(self, epoch: str, seq: int) -> bool:
         return epoch == self.epoch and self.first_replayable_seq <= seq <= self.seq
 
-    def events_after(self, seq: int) -> list[Event]:
-        """Every kept event with a seq above ``seq``; callers check ``can_resume`` first."""
+    def events_after(
+        self, seq: int, *, until: int | None = None, max_bytes: int | None = None
+    ) -> list[Event]:
+        """The kept events with seqs above ``seq`` (up to ``until``), in order; callers check
+        ``can_resume`` first. With ``max_bytes``, only the first ones whose encodings add up to
+        that much (at least one, if there is any): a replay goes out in frames of bounded size."""
         if not self.first_replayable_seq <= seq <= self.seq:
             raise ValueError(
                 f"seq {seq} is outside the replayable range {self.first_replayable_seq}..{self.seq}"
             )
         skip = seq - self.first_replayable_seq
-        return [_decode(raw) for _, raw in itertools.islice(self._entries, skip, None)]
+        stop = None if until is None else max(skip, until - self.first_replayable_seq)
+        kept = itertools.islice(self._entries, skip, stop)
+        if max_bytes is None:
+            return [_decode(raw) for _, raw in kept]
+        events: list[Event] = []
+        size = 0
+        for _, raw in kept:
+            if events and size + len(raw) > max_bytes:
+                break
+            events.append(_decode(raw))
+            size += len(raw)
+        return events

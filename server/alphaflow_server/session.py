@@ -263,6 +263,9 @@ class PortfolioSession:
                 frame = self._outbox.pop()
                 if frame is None:
                     frame = self._end_resync()
+                if frame is None and self._subscription.replaying:
+                    self._next_replay()
+                    continue
                 if frame is None:
                     self._wakeup.clear()
                     await self._wakeup.wait()
@@ -272,6 +275,12 @@ class PortfolioSession:
                 self.last_sent_at = self._loop.time()
         except ConnectionClosed:
             pass
+
+    def _next_replay(self) -> None:
+        """The socket took what was queued: the next recovered batch, then the live ones."""
+        self._send(self._subscription.next_replay(self._stream, self._server_time()))
+        if not self._subscription.replaying:
+            self._schedule_flush()
 
     def tick(self, now: float) -> None:
         """Called about once a second: a heartbeat when nothing was sent for heartbeat_s."""

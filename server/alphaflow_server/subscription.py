@@ -2,10 +2,15 @@
 
 The rules, as PROTOCOL.md states them, that this class keeps:
 
-* ``subscribed`` is the first frame after every ``subscribe``; then either a
-  ``snapshot`` or the recovered batch (one, possibly empty), never both. An
-  unusable resume point is answered ``resume_unavailable`` first, then the
-  snapshot follows.
+* ``subscribed`` is the first frame after every ``subscribe`` (an unusable
+  resume point is answered ``resume_unavailable`` just before it); then either
+  a ``snapshot`` or the recovered batches, never both. What was missed goes out
+  as contiguous batches of at most ``replay_chunk_bytes`` of events each (one,
+  possibly empty, for a short range): the first with the answer, the rest one
+  at a time as the socket takes them (``next_replay``), so a large range never
+  swamps the outbox. Live events wait in the batcher until the last recovered
+  batch is out; should the journal drop the rest of the range meanwhile, a
+  snapshot at the current seq takes its place.
 * Batches are contiguous on the connection: each starts where the previous
   batch or the last snapshot ended. A (re)subscribe restarts the batcher at
   the journal's seq, which the snapshot or the recovered batch just reached;
@@ -44,17 +49,31 @@ from .bus import UserStream
 
 Outgoing = Error | Subscribed | Snapshot | PendingBatch
 
+# Events per recovered batch, in encoded bytes: a frame any client accepts (websockets' default
+# max_size is 1 MiB), several of which stay well within a connection's backlog bound.
+REPLAY_CHUNK_BYTES = 256 * 1024
+
 
 class Subscription:
     """One connection's subscription: its channels, its Batcher (from the first subscribe), its resync."""
 
-    def __init__(self, *, window_s: float, leading_edge: bool = True) -> None:
+    def __init__(
+        self, *, window_s: float, leading_edge: bool = True, replay_chunk_bytes: int = REPLAY_CHUNK_BYTES
+    ) -> None:
         self._window_s = window_s
         self._leading_edge = leading_edge
+        self._replay_chunk_bytes = replay_chunk_bytes
         # None until the first subscribe.
         self.batcher: Batcher | None = None
         # The outbox overflowed: nothing more goes out until the resync's snapshot.
         self.resyncing = False
+        # A recovery still going out: (the seq the client has been sent, the seq it ends at).
+        self._replay: tuple[int, int] | None = None
+
+    @property
+    def replaying(self) -> bool:
+        """Whether recovered batches are still to go out (``next_replay``) before live ones."""
+        return self._replay is not None
 
     @property
     def active(self) -> bool:
@@ -79,19 +98,6 @@ class Subscription:
             return [_error("invalid_channel", "subscribe needs at least one channel", message.id)]
         journal = stream.journal
         resume = message.resume
-        out: list[Outgoing]
-        if resume is not None and journal.can_resume(resume.epoch, resume.seq):
-            missed = [e for e in journal.events_after(resume.seq) if e.channel in channels]
-            out = [
-                Subscribed(channels=channels, recovered=True),
-                PendingBatch(resume.seq, journal.seq, coalesce(missed), len(missed), None),
-            ]
-        else:
-            out = [] if resume is None else [_resume_unavailable(resume, stream, message.id)]
-            out += [
-                Subscribed(channels=channels, recovered=False),
-                stream.state.to_snapshot(server_time, channels),
-            ]
         if self.batcher is None:
             self.batcher = Batcher(
                 window_s=self._window_s,
@@ -101,7 +107,37 @@ class Subscription:
             )
         else:
             self.batcher.reset(journal.seq, channels=channels)
+        if resume is not None and journal.can_resume(resume.epoch, resume.seq):
+            self._replay = (resume.seq, journal.seq)
+            return [Subscribed(channels=channels, recovered=True), *self.next_replay(stream, server_time)]
+        self._replay = None
+        out: list[Outgoing] = [] if resume is None else [_resume_unavailable(resume, stream, message.id)]
+        out += [
+            Subscribed(channels=channels, recovered=False),
+            stream.state.to_snapshot(server_time, channels),
+        ]
         return out
+
+    def next_replay(self, stream: UserStream, server_time: str) -> list[Outgoing]:
+        """The next recovered batch (nothing once the recovery is out).
+
+        The range was replayable when the client subscribed; if the journal has
+        trimmed what is left of it since, a snapshot at the current seq ends the
+        recovery instead (the batcher restarts there).
+        """
+        if self._replay is None or self.batcher is None:
+            return []
+        sent, end = self._replay
+        journal = stream.journal
+        if not journal.can_resume(journal.epoch, sent):
+            self._replay = None
+            self.batcher.reset(stream.seq)
+            return [stream.state.to_snapshot(server_time, self.channels)]
+        events = journal.events_after(sent, until=end, max_bytes=self._replay_chunk_bytes)
+        to_seq = sent + len(events)
+        self._replay = (to_seq, end) if to_seq < end else None
+        missed = [e for e in events if e.channel in self.batcher.channels]
+        return [PendingBatch(sent, to_seq, coalesce(missed), len(missed), None)]
 
     def unsubscribe(self, message: Unsubscribe, now: float) -> list[Outgoing]:
         """The pending events of the remaining channels (if any), then ``subscribed``."""
@@ -113,6 +149,10 @@ class Subscription:
         if batcher is None:
             return [_error("invalid_message", "not subscribed: send subscribe first", message.id)]
         remaining = [c for c in CHANNELS if c in batcher.channels and c not in removed]
+        if self.replaying:
+            # Nothing live may go out before the recovery: what is pending follows it, narrowed.
+            batcher.narrow(remaining)
+            return [Subscribed(channels=remaining, recovered=True)]
         pending = batcher.take(now, force=True)
         batcher.channels = frozenset(remaining)
         out: list[Outgoing] = [] if pending is None else [_filtered(pending, remaining)]
@@ -128,18 +168,20 @@ class Subscription:
 
     def deadline(self) -> float | None:
         """When the next batch is due; None when nothing is pending or a resync is."""
-        if self.batcher is None or self.resyncing:
+        if self.batcher is None or self.resyncing or self.replaying:
             return None
         return self.batcher.deadline()
 
     def take_due(self, now: float) -> PendingBatch | None:
         """The next due batch (call again until None: a window of 0 gives one per event)."""
-        if self.batcher is None or self.resyncing:
+        if self.batcher is None or self.resyncing or self.replaying:
             return None
         return self.batcher.take(now)
 
     def heartbeat_seq(self, stream: UserStream) -> int:
         """The seq a heartbeat vouches for: what the client has been sent, or the user's seq."""
+        if self._replay is not None:
+            return self._replay[0]
         return self.batcher.cursor if self.batcher is not None else stream.seq
 
     # ----------------------------------------------------------------- resync
@@ -156,6 +198,7 @@ class Subscription:
         if not self.resyncing or self.batcher is None:
             return None
         self.resyncing = False
+        self._replay = None
         channels = self.channels
         self.batcher.reset(stream.seq)
         return stream.state.to_snapshot(server_time, channels)

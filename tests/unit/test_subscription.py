@@ -478,8 +478,16 @@ def drain(subscription: Subscription, client: Client, now: float) -> None:
 chunks = st.lists(st.lists(events, min_size=1, max_size=5), max_size=6)
 
 
+def replay_step(subscription: Subscription, stream: UserStream, client: Client) -> None:
+    """The socket took what was queued: the next recovered batch goes out (as the session does)."""
+    client.receive(subscription.next_replay(stream, TS))
+
+
 @PROPERTY
-@given(chunks, chunks, chunks, st.integers(1, 12), channel_sets.filter(bool), st.booleans())
+@given(
+    chunks, chunks, chunks, st.integers(1, 12), channel_sets.filter(bool), st.booleans(),
+    st.sampled_from([256 * 1024, 400]),
+)  # fmt: skip
 def test_recovered_and_later_batches_give_the_state_of_a_snapshot(
     before: list[list[Event]],
     missed: list[list[Event]],
@@ -487,6 +495,7 @@ def test_recovered_and_later_batches_give_the_state_of_a_snapshot(
     retain: int,
     channels: set[str],
     same_epoch: bool,
+    chunk_bytes: int,
 ) -> None:
     bus = new_bus(retain_events=retain)
     stream = bus.user(USER)
@@ -502,7 +511,7 @@ def test_recovered_and_later_batches_give_the_state_of_a_snapshot(
         now += 1.0
         bus.publish(USER, chunk, now)
 
-    subscription = Subscription(window_s=WINDOW)
+    subscription = Subscription(window_s=WINDOW, replay_chunk_bytes=chunk_bytes)
     resume = ResumePoint(EPOCH if same_epoch else "e-gone", resume_seq)
     recovered = same_epoch and stream.journal.can_resume(EPOCH, resume_seq)
     out = subscription.subscribe(Subscribe(channels=wanted, resume=resume), stream, TS)
@@ -511,7 +520,10 @@ def test_recovered_and_later_batches_give_the_state_of_a_snapshot(
     for chunk in after:
         now += 1.0
         bus.publish(USER, chunk, now)
+        replay_step(subscription, stream, client)
         drain(subscription, client, now)
+    while subscription.replaying:
+        replay_step(subscription, stream, client)
     drain(subscription, client, now + 10)
 
     assert kinds(out) == (
@@ -580,3 +592,75 @@ def test_any_mix_of_changes_keeps_batches_contiguous_and_the_client_current(
     assert client.state.seq == subscription.heartbeat_seq(stream)
     assert not [e for e in stream.journal.events_after(client.state.seq) if e.channel in channels]
     assert contents(client.state, channels) == contents(stream.state, channels)
+
+
+# ------------------------------------------------------------- large recoveries
+
+
+def fills(count: int, start: int = 0) -> list[Event]:
+    return [fill(f"f-{i}") for i in range(start, start + count)]
+
+
+def test_a_recovered_range_larger_than_one_frame_goes_out_as_contiguous_batches() -> None:
+    bus, stream = stream_with(fills(200))
+    subscription = Subscription(window_s=WINDOW, replay_chunk_bytes=4096)
+    listening(bus, subscription)
+
+    out = subscription.subscribe(Subscribe(resume=ResumePoint(EPOCH, 10)), stream, TS)
+    batches = [item for item in out if isinstance(item, PendingBatch)]
+    bus.publish(USER, fills(3, start=200), 1.0)  # live events while the recovery goes out
+    assert subscription.deadline() is None, "live batches wait for the recovery"
+    while subscription.replaying:
+        assert subscription.heartbeat_seq(stream) == batches[-1].to_seq, "heartbeats vouch for what was sent"
+        [item] = subscription.next_replay(stream, TS)
+        assert isinstance(item, PendingBatch)
+        batches.append(item)
+
+    assert out[0] == Subscribed(channels=list(CHANNELS), recovered=True)
+    assert len(batches) > 5, "one frame could not hold the range"
+    assert [(b.from_seq, b.to_seq) for b in batches] == list(
+        zip([10, *[b.to_seq for b in batches[:-1]]], [b.to_seq for b in batches], strict=True)
+    )
+    assert batches[-1].to_seq == 200
+    assert [e.data.id for b in batches for e in b.events] == [f"f-{i}" for i in range(10, 200)]
+    assert all(sum(len(msgspec.json.encode(e)) for e in b.events) <= 4096 for b in batches)
+    live = subscription.take_due(1.0)
+    assert live is not None and (live.from_seq, live.to_seq) == (200, 203), "then the live events, contiguous"
+    assert subscription.next_replay(stream, TS) == []
+
+
+def test_a_recovery_whose_rest_the_journal_dropped_ends_with_a_snapshot() -> None:
+    bus, stream = stream_with(fills(100), retain_events=100)
+    subscription = Subscription(window_s=WINDOW, replay_chunk_bytes=2048)
+    listening(bus, subscription)
+    out = subscription.subscribe(Subscribe(resume=ResumePoint(EPOCH, 0)), stream, TS)
+    assert kinds(out) == ["Subscribed", "PendingBatch"] and subscription.replaying
+
+    bus.publish(USER, fills(100, start=100), 1.0)  # the journal keeps 100: the rest of the range is gone
+    [item] = subscription.next_replay(stream, TS)
+
+    assert isinstance(item, Snapshot) and item.seq == 200
+    assert not subscription.replaying
+    assert subscription.take_due(10.0) is None, "the snapshot covers what was pending"
+    bus.publish(USER, [fill("f-x")], 11.0)
+    later = subscription.take_due(11.0)
+    assert later is not None and later.from_seq == 200
+
+
+def test_unsubscribe_during_a_recovery_waits_for_it_and_filters_what_follows() -> None:
+    bus, stream = stream_with([position("AAPL", "1"), *fills(100)])
+    subscription = Subscription(window_s=WINDOW, replay_chunk_bytes=2048)
+    listening(bus, subscription)
+    subscription.subscribe(Subscribe(resume=ResumePoint(EPOCH, 0)), stream, TS)
+    bus.publish(USER, [position("MSFT", "2"), fill("f-live")], 1.0)
+
+    out = subscription.unsubscribe(Unsubscribe(channels=["trades"]), 1.0)
+    rest: list[PendingBatch] = []
+    while subscription.replaying:
+        rest += [b for b in subscription.next_replay(stream, TS) if isinstance(b, PendingBatch)]
+    live = subscription.take_due(2.0)
+
+    assert out == [Subscribed(channels=["positions", "orders", "account"], recovered=True)]
+    assert all(e.channel != "trades" for b in rest for e in b.events)
+    assert live is not None and (live.from_seq, live.to_seq) == (101, 103)
+    assert [e.data.symbol for e in live.events] == ["MSFT"]

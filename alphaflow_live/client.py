@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -42,6 +45,7 @@ from .protocol import CHANNELS, Batch, Heartbeat, Snapshot
 from .state import BatchOutcome, PortfolioState
 
 FrameT = TypeVar("FrameT", pd.DataFrame, "pd.Series[Any]")
+log = logging.getLogger("alphaflow_live")
 
 __all__ = ["DEFAULT_URL", "EVENT_NAMES", "AuthError", "PortfolioStream", "connect"]
 
@@ -155,6 +159,12 @@ class PortfolioStream:
     @property
     def status(self) -> Status:
         return self._live.status
+
+    @property
+    def status_reason(self) -> str:
+        """Why the status is what it is ("" while live): for example why the stream fell back to
+        polling ("the server refused the stream (HTTP 429): user 'alice' already has 5 ...")."""
+        return self._live.status_reason
 
     @property
     def error(self) -> Exception | None:
@@ -302,6 +312,11 @@ class PortfolioStream:
         return self._live.apply(message)
 
 
+# The streams ``connect`` made, by (URL, token hash): re-running a notebook cell replaces its stream.
+_connected: dict[tuple[str, str], weakref.ref[PortfolioStream]] = {}
+_connected_lock = threading.Lock()
+
+
 def connect(url: str | None = None, token: str | None = None, **options: Any) -> PortfolioStream:
     """Start streaming the portfolio in the background and return at once.
 
@@ -309,5 +324,22 @@ def connect(url: str | None = None, token: str | None = None, **options: Any) ->
     ``token`` to ``$ALPHAFLOW_TOKEN``. Options: ``channels``, ``poll_interval_s``,
     ``freshness`` (FreshnessRules), ``max_fills``, ``backoff_base_s``,
     ``backoff_cap_s``, ``fallback_after_failures``, ``connect_timeout_s``.
+
+    Calling it again in the same process with the same URL and token closes the
+    stream the previous call returned, so re-running ``live = afl.connect()`` in a
+    notebook never piles up connections against the server's per-user limit.
+    Streams made with ``PortfolioStream(...)`` directly are left alone.
     """
-    return PortfolioStream(url, token, **options)
+    start = options.pop("start", True)
+    stream = PortfolioStream(url, token, start=False, **options)
+    key = (stream.url, hashlib.sha256(stream._token.encode()).hexdigest())
+    with _connected_lock:
+        previous = _connected.get(key)
+        _connected[key] = weakref.ref(stream)
+    earlier = None if previous is None else previous()
+    if earlier is not None and not earlier.stopping:
+        log.info("alphaflow-live: closing the stream an earlier connect() made to %s", stream.url)
+        earlier.close()
+    if start:
+        stream.start()
+    return stream

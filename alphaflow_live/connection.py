@@ -27,6 +27,7 @@ from .protocol import encode, server_message_decoder, snapshot_decoder
 from .tracking import (
     Action,
     Apply,
+    Attempt,
     Count,
     Note,
     Outcome,
@@ -68,16 +69,21 @@ async def run_connection(options: ConnectionOptions, sink: StreamSink, stop: asy
         Backoff(base_s=options.backoff_base_s, cap_s=options.backoff_cap_s),
         fallback_after_failures=options.fallback_after_failures,
     )
+    warned = ""  # the last notable refusal logged at WARNING: one line per cause, not per retry
     while not stop.is_set():
-        step = policy.after(await _stream_once(options, sink, stop))
+        attempt = await _stream_once(options, sink, stop)
+        if attempt.notable and attempt.reason != warned:
+            log.warning("alphaflow-live: %s", attempt.reason)
+            warned = attempt.reason
+        step = policy.after(attempt)
         if isinstance(step, Stop):
             return
         sink.count("reconnects")
         if isinstance(step, Poll):
-            if await _poll_for(options, sink, stop, step.duration_s) is Outcome.FATAL:
+            if await _poll_for(options, sink, stop, step) is Outcome.FATAL:
                 return
         elif isinstance(step, Reconnect):
-            sink.set_status("reconnecting")
+            sink.set_status("reconnecting", attempt.reason)
             await _sleep(stop, step.delay_s)
 
 
@@ -90,9 +96,10 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 # --------------------------------------------------------------------- stream
 
 
-async def _stream_once(options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event) -> Outcome:
+async def _stream_once(options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event) -> Attempt:
     ws: ClientConnection | None = None
     streamed = False
+    reason = ""
     tracker = Tracker(list(options.channels))
     try:
         ws = await connect(
@@ -114,26 +121,34 @@ async def _stream_once(options: ConnectionOptions, sink: StreamSink, stop: async
         finally:
             watcher.cancel()
     except InvalidStatus as exc:
-        refusal = refused(exc.response.status_code, bytes(exc.response.body or b""))
+        response = exc.response
+        refusal = refused(
+            response.status_code, bytes(response.body or b""), response.headers.get("Retry-After")
+        )
         if refusal.error is not None:
             sink.fail(refusal.error)
         elif refusal.outcome is Outcome.DISABLED:
-            log.warning("alphaflow-live: %s", refusal.message)
-        else:
+            log.warning("alphaflow-live: %s; polling the snapshot", refusal.message)
+        elif not refusal.attempt.notable:
             log.info("alphaflow-live: %s", refusal.message)
-        return refusal.outcome
-    except ConnectionClosed:
-        pass
+        return refusal.attempt
+    except ConnectionClosed as exc:
+        reason = f"the connection closed ({exc})"
     except (OSError, TimeoutError, InvalidHandshake) as exc:
-        log.info("alphaflow-live: cannot connect to %s: %s", options.url, exc)
+        reason = f"cannot connect to {options.url}: {exc}"
+        log.info("alphaflow-live: %s", reason)
     except Exception:
+        reason = "unexpected error in the stream (logged)"
         log.exception("alphaflow-live: unexpected error in the stream")
-    outcome = ended(
-        streamed=streamed, close_code=None if ws is None else ws.close_code, stopping=stop.is_set()
+    attempt = ended(
+        streamed=streamed,
+        close_code=None if ws is None else ws.close_code,
+        stopping=stop.is_set(),
+        reason=reason,
     )
-    if outcome is Outcome.DISABLED:
-        log.warning("alphaflow-live: streaming switched off by the server; polling the snapshot")
-    return outcome
+    if attempt.outcome is Outcome.DISABLED:
+        log.warning("alphaflow-live: %s; polling the snapshot", attempt.reason)
+    return attempt
 
 
 async def _close_when_stopping(stop: asyncio.Event, ws: ClientConnection) -> None:
@@ -148,7 +163,7 @@ async def _carry_out(ws: ClientConnection | None, sink: StreamSink, actions: lis
         if isinstance(action, Apply):
             sink.apply(action.message)
         elif isinstance(action, SetStatus):
-            sink.set_status(action.status)
+            sink.set_status(action.status, action.reason)
             live = live or action.status == "live"
         elif isinstance(action, Touch):
             sink.touch(action.server_time)
@@ -171,12 +186,12 @@ def snapshot_url(stream_url: str) -> str:
 
 
 async def _poll_for(
-    options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event, duration: float
+    options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event, step: Poll
 ) -> Outcome | None:
-    """Poll the snapshot for about ``duration`` (at least once), then let the stream be tried."""
-    deadline = time.monotonic() + duration
+    """Poll the snapshot for about ``step.duration_s`` (at least once), then let the stream be tried."""
+    deadline = time.monotonic() + step.duration_s
     while not stop.is_set():
-        if await _poll_once(options, sink) is Outcome.FATAL:
+        if await _poll_once(options, sink, step.reason) is Outcome.FATAL:
             return Outcome.FATAL
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -185,7 +200,7 @@ async def _poll_for(
     return Outcome.STOPPED
 
 
-async def _poll_once(options: ConnectionOptions, sink: StreamSink) -> Outcome | None:
+async def _poll_once(options: ConnectionOptions, sink: StreamSink, reason: str) -> Outcome | None:
     url = snapshot_url(options.url)
     request = urllib.request.Request(url, headers=options.headers)  # noqa: S310 - ws(s) mapped to http(s)
 
@@ -202,13 +217,15 @@ async def _poll_once(options: ConnectionOptions, sink: StreamSink) -> Outcome | 
             if refusal.error is not None:
                 sink.fail(refusal.error)
             return refusal.outcome
-        log.info("alphaflow-live: polling %s failed: HTTP %d", url, exc.code)
-        sink.set_status("offline")
+        problem = f"polling {url} failed: HTTP {exc.code}"
+        log.info("alphaflow-live: %s", problem)
+        sink.set_status("offline", f"{reason}; {problem}" if reason else problem)
         return None
     except (OSError, TimeoutError) as exc:
-        log.info("alphaflow-live: polling %s failed: %s", url, exc)
-        sink.set_status("offline")
+        problem = f"polling {url} failed: {exc}"
+        log.info("alphaflow-live: %s", problem)
+        sink.set_status("offline", f"{reason}; {problem}" if reason else problem)
         return None
     sink.count("bytes", len(body))
-    await _carry_out(None, sink, polled(snapshot_decoder.decode(body)))
+    await _carry_out(None, sink, polled(snapshot_decoder.decode(body), reason))
     return None

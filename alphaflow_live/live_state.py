@@ -70,6 +70,8 @@ class LiveState:
         self._versions: dict[str, int] = dict.fromkeys(TABLES, 0)
         self._callbacks: dict[str, list[Callback]] = defaultdict(list)
         self.status: Status = "connecting"
+        # Why the status is what it is, when that is worth saying ("" while live).
+        self.status_reason = ""
         self.error: Exception | None = None
         self.last_data_at: float | None = None  # monotonic
         self.last_update: datetime | None = None
@@ -175,11 +177,11 @@ class LiveState:
             self._mark_current(server_time)
             self._changed.notify_all()
 
-    def set_status(self, status: Status) -> None:
+    def set_status(self, status: Status, reason: str = "") -> None:
         with self._lock:
-            if status == self.status:
+            if (status, reason) == (self.status, self.status_reason):
                 return
-            self.status = status
+            self.status, self.status_reason = status, reason
             self._changed.notify_all()
         self._emit("status", [status])
 
@@ -188,7 +190,7 @@ class LiveState:
         with self._lock:
             self.error = error
             self._changed.notify_all()
-        self.set_status("offline")
+        self.set_status("offline", str(error))
 
     def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -258,6 +260,8 @@ class LiveReader(Protocol):
     def rules(self) -> FreshnessRules: ...
     @property
     def status(self) -> Status: ...
+    @property
+    def status_reason(self) -> str: ...
     @property
     def error(self) -> Exception | None: ...
     @property

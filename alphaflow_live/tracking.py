@@ -63,6 +63,8 @@ class Touch:
 @dataclass(frozen=True, slots=True)
 class SetStatus:
     status: Status
+    # Why, when it is not simply live: shown as ``live.status_reason`` and in the widgets' banner.
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ class StreamSink(Protocol):
 
     def apply(self, message: Snapshot | Batch) -> BatchOutcome | None: ...
     def touch(self, server_time: str) -> None: ...
-    def set_status(self, status: Status) -> None: ...
+    def set_status(self, status: Status, reason: str = "") -> None: ...
     def fail(self, error: Exception) -> None: ...
     def count(self, name: str, amount: int = 1) -> None: ...
 
@@ -150,9 +152,10 @@ def _position(held: ResumePoint | None) -> tuple[str | None, int | None]:
     return (None, None) if held is None else (held.epoch, held.seq)
 
 
-def polled(snapshot: Snapshot) -> list[Action]:
-    """A snapshot fetched by polling: the portfolio as of its seq, while the stream is away."""
-    return [Count("polls"), Apply(snapshot), SetStatus("polling")]
+def polled(snapshot: Snapshot, reason: str) -> list[Action]:
+    """A snapshot fetched by polling: the portfolio as of its seq, while the stream is away (why:
+    ``reason``)."""
+    return [Count("polls"), Apply(snapshot), SetStatus("polling", reason)]
 
 
 # ------------------------------------------------------------------ attempts
@@ -167,16 +170,36 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one connection attempt ended, and why (the reason a status shows while it lasts)."""
+
+    outcome: Outcome
+    reason: str = ""
+    # The server asked for this much quiet before the next try (``Retry-After``).
+    retry_after_s: float | None = None
+    # A refusal the user has to act on (a connection limit reached), as opposed to a network blip.
+    notable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     """How an HTTP refusal (of the handshake or of a poll) ends the attempt."""
 
-    outcome: Outcome
-    message: str
+    attempt: Attempt
     error: AuthError | None = None
 
+    @property
+    def outcome(self) -> Outcome:
+        return self.attempt.outcome
 
-def refused(status: int, body: bytes) -> Refused:
-    """Classify a refusal by its HTTP status and JSON body (``{"error": code, "message": text}``)."""
+    @property
+    def message(self) -> str:
+        return self.attempt.reason
+
+
+def refused(status: int, body: bytes, retry_after: str | None = None) -> Refused:
+    """Classify a refusal by its HTTP status, JSON body (``{"error": code, "message": text}``)
+    and ``Retry-After`` header."""
     try:
         detail = json.loads(body)
     except ValueError:
@@ -186,19 +209,35 @@ def refused(status: int, body: bytes) -> Refused:
     message = str(detail.get("message") or body.decode(errors="replace")[:200])
     if status in (401, 403):
         error = AuthError(f"the server refused the token (HTTP {status}): {message}")
-        return Refused(Outcome.FATAL, str(error), error)
+        return Refused(Attempt(Outcome.FATAL, str(error)), error)
     if status == 503 and detail.get("error") == Refusal.STREAMING_DISABLED:
-        return Refused(Outcome.DISABLED, "streaming switched off by the server; polling the snapshot")
-    return Refused(Outcome.FAILED, f"handshake refused (HTTP {status}): {message}")
+        return Refused(Attempt(Outcome.DISABLED, "streaming is switched off by the server"))
+    limited = detail.get("error") in (Refusal.TOO_MANY_CONNECTIONS, Refusal.SERVER_FULL)
+    return Refused(
+        Attempt(
+            Outcome.FAILED,
+            f"the server refused the stream (HTTP {status}): {message}",
+            retry_after_s=_seconds(retry_after),
+            notable=limited,
+        )
+    )
 
 
-def ended(*, streamed: bool, close_code: int | None, stopping: bool) -> Outcome:
+def _seconds(retry_after: str | None) -> float | None:
+    try:
+        seconds = float(retry_after) if retry_after is not None else None
+    except ValueError:
+        return None  # an HTTP date: not worth parsing for a hint
+    return None if seconds is None or not 0 <= seconds <= 3600 else seconds
+
+
+def ended(*, streamed: bool, close_code: int | None, stopping: bool, reason: str = "") -> Attempt:
     """How a connection that opened (or failed to) ends the attempt."""
     if stopping:
-        return Outcome.STOPPED
+        return Attempt(Outcome.STOPPED)
     if close_code == CLOSE_STREAMING_DISABLED.code:
-        return Outcome.DISABLED
-    return Outcome.DROPPED if streamed else Outcome.FAILED
+        return Attempt(Outcome.DISABLED, "streaming was switched off by the server")
+    return Attempt(Outcome.DROPPED if streamed else Outcome.FAILED, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +250,7 @@ class Poll:
     """Poll the snapshot for about ``duration_s`` (at least once), then try the stream again."""
 
     duration_s: float
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +269,8 @@ class Policy:
         self.fallback_after_failures = fallback_after_failures
         self.failures = 0
 
-    def after(self, outcome: Outcome) -> Step:
+    def after(self, attempt: Attempt) -> Step:
+        outcome = attempt.outcome
         if outcome in (Outcome.FATAL, Outcome.STOPPED):
             return Stop()
         if outcome is Outcome.DROPPED:
@@ -237,7 +278,10 @@ class Policy:
             self.failures = 0
         else:
             self.failures += 1
-        delay = self.backoff.next_delay()
-        if outcome is Outcome.DISABLED or self.failures >= self.fallback_after_failures:
-            return Poll(delay)
+        delay = max(self.backoff.next_delay(), attempt.retry_after_s or 0.0)
+        if outcome is Outcome.DISABLED:
+            return Poll(delay, attempt.reason)
+        if self.failures >= self.fallback_after_failures:
+            times = "once" if self.failures == 1 else f"{self.failures} times in a row"
+            return Poll(delay, f"the stream failed {times}; last: {attempt.reason or 'dropped'}")
         return Reconnect(delay)

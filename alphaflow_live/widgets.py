@@ -55,6 +55,7 @@ class _LiveWidget(anywidget.AnyWidget):
     component = traitlets.Unicode("portfolio").tag(sync=True)
     status = traitlets.Unicode("connecting").tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
+    status_reason = traitlets.Unicode("").tag(sync=True)
     last_data_ms = traitlets.Float(None, allow_none=True).tag(sync=True)
     live_s = traitlets.Float(5.0).tag(sync=True)
     delayed_s = traitlets.Float(30.0).tag(sync=True)
@@ -166,17 +167,18 @@ class _LiveWidget(anywidget.AnyWidget):
         if more:
             self._changed()
 
-    def _status_traits(self) -> tuple[str, str, float | None]:
+    def _status_traits(self) -> tuple[str, str, str, float | None]:
         live = self.live
         updated = live.last_update
         return (
             live.status,
             "" if live.error is None else str(live.error),
+            live.status_reason,
             None if updated is None else updated.timestamp() * 1000,
         )
 
     def _sync_status(self) -> None:
-        self.status, self.error, self.last_data_ms = self._status_traits()
+        self.status, self.error, self.status_reason, self.last_data_ms = self._status_traits()
 
     def _tick(self) -> None:
         """Heartbeats move last_data_ms without changing any row; keep the badge honest."""
@@ -184,7 +186,12 @@ class _LiveWidget(anywidget.AnyWidget):
             return
         recent = time.monotonic() - self._throttle.last_flush < STATUS_SYNC_S
         # A delta that carried the status less than a second ago keeps this within the rate.
-        if not recent and self._status_traits() != (self.status, self.error, self.last_data_ms):
+        if not recent and self._status_traits() != (
+            self.status,
+            self.error,
+            self.status_reason,
+            self.last_data_ms,
+        ):
             with self.hold_sync():
                 self._sync_status()
         self.live.call_later(STATUS_SYNC_S, self._tick)

@@ -8,7 +8,8 @@
  * owns these traits (typed as `Traits` below):
  *
  *   component  which parts to show: portfolio | status | badge | positions | account
- *   status, error, last_data_ms, live_s, delayed_s   connection and freshness
+ *   status, error, status_reason, last_data_ms, live_s, delayed_s   connection and freshness
+ *              (status_reason: why the stream is polling or offline, shown in the banner)
  *   rows       the full state {version, positions, orders, account}
  *   delta      one change {version, positions: {upsert, remove}, orders: {...}, account?, fills}
  *   max_rows, title
@@ -139,6 +140,7 @@
  * @property {string} component
  * @property {string} status
  * @property {string} error
+ * @property {string} status_reason
  * @property {number | null} last_data_ms  epoch ms of the last data, null before any
  * @property {number} live_s
  * @property {number} delayed_s
@@ -225,6 +227,8 @@ const STATUS = {
 const statusText = (status) => STATUS[status]?.[0] ?? status;
 // Statuses in which nothing reaches the kernel at all (as in freshness.py).
 const DISCONNECTED = new Set(["offline", "closed"]);
+// Statuses whose reason the banner shows (a reconnect after a blip is not worth a warning).
+const REASON_SHOWN = new Set(["polling", "offline"]);
 
 /**
  * Which parts each component shows; "portfolio" shows them all.
@@ -246,7 +250,14 @@ const ACCOUNT_FIELDS = [
   ["buying_power", "Buying power"],
 ];
 
-const FRESHNESS_TRAITS = /** @type {const} */ (["status", "error", "last_data_ms", "live_s", "delayed_s"]);
+const FRESHNESS_TRAITS = /** @type {const} */ ([
+  "status",
+  "error",
+  "status_reason",
+  "last_data_ms",
+  "live_s",
+  "delayed_s",
+]);
 const DEFAULT_LIVE_S = 5;
 const DEFAULT_DELAYED_S = 30;
 const DEFAULT_MAX_ROWS = 50;
@@ -753,11 +764,14 @@ function mountBanner(container, { model }) {
   container.append(banner);
   return {
     update({ status, state, age }) {
-      const error = String(model.get("error") ?? "");
+      // A fatal error says it all; otherwise why the stream is away (polling, a connection limit).
+      const reason = REASON_SHOWN.has(status) ? model.get("status_reason") : "";
+      const error = String(model.get("error") || reason || "");
       let text = "";
       if (state === "stale") text = `Data is stale: last update ${formatAge(age ?? 0)} ago`;
       else if (state === "offline" && DISCONNECTED.has(status)) text = "Offline: showing the last known state";
       else if (state === "offline") text = `No data yet: ${statusText(status)}`; // still connecting
+      else if (status === "polling") text = "Polling the snapshot";
       setText(bannerText, text);
       setText(bannerError, text && error ? ` — ${error}` : error);
       // An error is worth showing even while data still flows (e.g. fell back to polling).

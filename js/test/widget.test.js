@@ -221,6 +221,27 @@ describe("freshness", () => {
     expect(banner.textContent).toBe("Offline: showing the last known state — the server refused the token (HTTP 401)");
   });
 
+  test("banner says why the stream fell back to polling, and hides once it is live again", () => {
+    const { el, model } = mount();
+    const reason = "the server refused the stream (HTTP 429): user 'alice' already has 5 connections";
+    model.set("status_reason", reason);
+    model.set("status", "polling");
+    const banner = el.querySelector(".afl-banner");
+    expect(banner.hidden).toBe(false);
+    expect(banner.textContent).toBe(`Polling the snapshot — ${reason}`);
+
+    model.set("status_reason", "");
+    model.set("status", "live");
+    expect(banner.hidden).toBe(true);
+  });
+
+  test("banner keeps quiet about the reason of a brief reconnect", () => {
+    const { el, model } = mount();
+    model.set("status_reason", "cannot connect to ws://127.0.0.1:8765/ws/portfolio");
+    model.set("status", "reconnecting");
+    expect(el.querySelector(".afl-banner").hidden).toBe(true);
+  });
+
   test("classifyFreshness matches the Python rule at the boundaries", () => {
     expect(classifyFreshness("live", NOW, NOW + 5000)).toBe("live");
     expect(classifyFreshness("live", NOW, NOW + 5001)).toBe("delayed");

@@ -31,6 +31,7 @@ from alphaflow_live.state import BatchOutcome, PortfolioState
 from alphaflow_live.tracking import (
     Action,
     Apply,
+    Attempt,
     Count,
     Note,
     Outcome,
@@ -191,10 +192,14 @@ def test_a_welcome_counts_a_connection_and_other_replies_do_nothing() -> None:
     assert tracker.receive(Pong(id=1, server_time=TS), None) == []
 
 
-def test_a_polled_snapshot_is_applied_and_says_polling() -> None:
+def test_a_polled_snapshot_is_applied_and_says_polling_and_why() -> None:
     message = snapshot(3)
 
-    assert polled(message) == [Count("polls"), Apply(message), SetStatus("polling")]
+    assert polled(message, "streaming is switched off by the server") == [
+        Count("polls"),
+        Apply(message),
+        SetStatus("polling", "streaming is switched off by the server"),
+    ]
 
 
 # ------------------------------------------------------------------ refusals and ends
@@ -230,10 +235,32 @@ def test_other_refusals_are_failures_to_retry(status: int, body: bytes) -> None:
 
 
 def test_how_a_connection_ends_the_attempt() -> None:
-    assert ended(streamed=True, close_code=CLOSE_STREAMING_DISABLED.code, stopping=True) is Outcome.STOPPED
-    assert ended(streamed=True, close_code=CLOSE_STREAMING_DISABLED.code, stopping=False) is Outcome.DISABLED
-    assert ended(streamed=True, close_code=CLOSE_RATE_LIMIT.code, stopping=False) is Outcome.DROPPED
-    assert ended(streamed=False, close_code=None, stopping=False) is Outcome.FAILED
+    def outcome(**kwargs: object) -> Outcome:
+        return ended(**kwargs).outcome  # type: ignore[arg-type]
+
+    assert outcome(streamed=True, close_code=CLOSE_STREAMING_DISABLED.code, stopping=True) is Outcome.STOPPED
+    assert (
+        outcome(streamed=True, close_code=CLOSE_STREAMING_DISABLED.code, stopping=False) is Outcome.DISABLED
+    )
+    assert outcome(streamed=True, close_code=CLOSE_RATE_LIMIT.code, stopping=False) is Outcome.DROPPED
+    assert outcome(streamed=False, close_code=None, stopping=False) is Outcome.FAILED
+    assert ended(streamed=False, close_code=None, stopping=False, reason="refused").reason == "refused"
+
+
+def test_a_connection_limit_is_a_notable_refusal_that_says_when_to_retry() -> None:
+    body = b'{"error": "too_many_connections", "message": "user \'alice\' already has 5 connections"}'
+
+    attempt = refused(429, body, retry_after="5").attempt
+
+    assert attempt.notable and attempt.retry_after_s == 5.0
+    assert (
+        attempt.reason == "the server refused the stream (HTTP 429): user 'alice' already has 5 connections"
+    )
+
+
+@pytest.mark.parametrize("header", [None, "soon", "Wed, 21 Oct 2026 07:28:00 GMT", "-3", "99999"])
+def test_a_retry_after_that_is_not_a_sensible_number_of_seconds_is_ignored(header: str | None) -> None:
+    assert refused(503, b'{"error": "server_full"}', retry_after=header).attempt.retry_after_s is None
 
 
 # ------------------------------------------------------------------ the policy
@@ -245,30 +272,38 @@ def policy(fallback: int = 3) -> Policy:
 
 @pytest.mark.parametrize("outcome", [Outcome.FATAL, Outcome.STOPPED])
 def test_refused_credentials_and_closing_stop_for_good(outcome: Outcome) -> None:
-    assert policy().after(outcome) == Stop()
+    assert policy().after(Attempt(outcome)) == Stop()
 
 
 def test_failures_back_off_then_fall_back_to_polling() -> None:
     rules = policy(fallback=3)
 
-    steps = [rules.after(Outcome.FAILED) for _ in range(4)]
+    steps = [rules.after(Attempt(Outcome.FAILED, "cannot connect")) for _ in range(4)]
 
     assert [type(s) for s in steps] == [Reconnect, Reconnect, Poll, Poll]
     assert all(0 <= s.delay_s <= b for s, b in zip(steps[:2], [1.0, 2.0], strict=True))  # type: ignore[union-attr]
+    assert steps[2].reason == "the stream failed 3 times in a row; last: cannot connect"  # type: ignore[union-attr]
 
 
 def test_a_stream_that_ran_is_resumed_soon_and_clears_the_failures() -> None:
     rules = policy(fallback=2)
-    rules.after(Outcome.FAILED)
+    rules.after(Attempt(Outcome.FAILED))
 
-    step = rules.after(Outcome.DROPPED)
+    step = rules.after(Attempt(Outcome.DROPPED))
 
     assert isinstance(step, Reconnect) and step.delay_s <= 1.0
-    assert isinstance(rules.after(Outcome.FAILED), Reconnect), "the count started over"
+    assert isinstance(rules.after(Attempt(Outcome.FAILED)), Reconnect), "the count started over"
 
 
-def test_streaming_switched_off_polls_at_once() -> None:
-    assert isinstance(policy().after(Outcome.DISABLED), Poll)
+def test_streaming_switched_off_polls_at_once_and_says_why() -> None:
+    step = policy().after(Attempt(Outcome.DISABLED, "switched off"))
+    assert isinstance(step, Poll) and step.reason == "switched off"
+
+
+def test_the_server_s_retry_after_is_the_least_delay() -> None:
+    step = policy().after(Attempt(Outcome.FAILED, retry_after_s=5.0))
+
+    assert isinstance(step, Reconnect) and step.delay_s == 5.0
 
 
 # ------------------------------------------------------------------ a property

@@ -1,0 +1,84 @@
+"""The notebook's view of connection problems: a re-run connect(), a per-user limit (issue 14, defect 12)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import alphaflow_live as afl
+from alphaflow_live.protocol import Stats
+from tests.support.admin import admin_request
+from tests.support.client import StreamClient
+from tests.support.server import Tokens
+
+pytestmark = pytest.mark.timeout(90)
+
+FAST = {"backoff_base_s": 0.05, "backoff_cap_s": 0.5, "poll_interval_s": 0.2, "connect_timeout_s": 5}
+
+
+async def alice_connections(server, tokens: Tokens) -> int:
+    stats = await admin_request(server, tokens, {"type": "get_stats", "id": 1})
+    assert isinstance(stats, Stats)
+    return stats.connections_per_user.get("alice", 0)
+
+
+async def test_connecting_again_with_the_same_url_and_token_closes_the_previous_stream(
+    start_server, tokens: Tokens
+) -> None:
+    server = start_server()
+    url = f"{server.ws_base}/ws/portfolio"
+    first = afl.connect(url, tokens.alice, **FAST)
+    await first.until(lambda live: live.status == "live")
+
+    second = afl.connect(url, tokens.alice, **FAST)  # a notebook cell run again
+    await second.until(lambda live: live.status == "live")
+
+    assert first.status == "closed"
+    assert await alice_connections(server, tokens) == 1
+    other = afl.connect(url, tokens.bob, **FAST)  # another token is another stream
+    await other.until(lambda live: live.status == "live")
+    assert second.status == "live"
+    for live in (second, other):
+        live.close()
+
+
+async def test_a_stream_made_directly_is_not_closed_by_connect(start_server, tokens: Tokens) -> None:
+    server = start_server()
+    url = f"{server.ws_base}/ws/portfolio"
+    kept = afl.PortfolioStream(url, tokens.alice, **FAST)
+    await kept.until(lambda live: live.status == "live")
+
+    made = afl.connect(url, tokens.alice, **FAST)
+    await made.until(lambda live: live.status == "live")
+
+    assert kept.status == "live"
+    for live in (kept, made):
+        live.close()
+
+
+async def test_a_stream_refused_by_the_per_user_limit_polls_and_says_why(
+    start_server, tokens: Tokens, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_server("--max-per-user", "1")
+    holder = await StreamClient.connect(server.ws_base, tokens.alice)  # takes the one place
+    url = f"{server.ws_base}/ws/portfolio"
+
+    with caplog.at_level(logging.WARNING, logger="alphaflow_live"):
+        live = afl.connect(url, tokens.alice, **FAST, fallback_after_failures=2)
+        await live.until(lambda live: live.status == "polling" and live.seq is not None)
+        # The server says Retry-After: 5, so the retries come about every 5 s.
+        await live.until(lambda live: live.counters["reconnects"] >= 3, timeout=20)
+
+    assert "HTTP 429" in live.status_reason and "per-user limit" in live.status_reason
+    assert live.status_reason.startswith("the stream failed")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "HTTP 429" in r.getMessage()]
+    assert len(warnings) == 1, "one warning for the cause, not one per retry"
+    widget = afl.PortfolioWidget(live)
+    assert widget.status == "polling" and "HTTP 429" in widget.status_reason, "the banner's text"
+    widget.close()
+
+    await holder.close()  # the place frees up: the stream comes back and the reason goes
+    await live.until(lambda live: live.status == "live", timeout=20)
+    assert live.status_reason == ""
+    live.close()

@@ -12,7 +12,8 @@ S1 fill latency     isolated fill: publish-send on /ws/ingest → the subscriber
 S2 tick fan-out     ticks at a fixed rate over held symbols → every holder's client
 S3 connection scale idle authenticated connections (full mode, or when asked for)
 S4 bandwidth        a time-compressed trading hour of the simulator, bytes on the wire
-S6 memory           RSS idle, with connections, and over a soak with slow readers
+S6 memory           RSS idle, with connections, and over a 20-minute soak with slow readers that
+                    reaches the replay buffers' retention plateau (start, plateau, drift, end)
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import argparse
 import dataclasses
 import math
 import shutil
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,7 +121,7 @@ FULL = Params(
     s6_connections=100,
     s6_soak_clients=100,
     s6_slow=10,
-    s6_soak_seconds=600,
+    s6_soak_seconds=1200,
     s6_rate=100,
 )
 
@@ -582,8 +585,15 @@ def s6_memory(p: Params, work: Path) -> list[dict[str, Any]]:
                 loads.append(slow)
                 slow.ready(120)
             before = server.stats()
+            # The replay buffers as the plateau window opens: a plateau shows them no longer growing.
+            plateau_opens = threading.Timer(
+                PLATEAU_START * p.s6_soak_seconds, lambda: marks.append(server.stats())
+            )
+            marks: list[dict[str, Any]] = []
             with RssSampler(server.pid, interval=0.2) as sampler:
                 start_rss = server.rss()
+                soak_started = time.monotonic()
+                plateau_opens.start()
                 run_loads(
                     [
                         (
@@ -604,7 +614,10 @@ def s6_memory(p: Params, work: Path) -> list[dict[str, Any]]:
             end_rss = server.rss()
             after = server.stats()
         finally:
+            plateau_opens.cancel()
             results = collect(loads, timeout=60)
+    plateau = plateau_of(sampler.samples, soak_started + PLATEAU_START * p.s6_soak_seconds)
+    at_plateau = marks[0] if marks else after
     open_at_end = sum(r["still_open"] for r in results)
     total = sum(r["connected"] for r in results)
     resyncs = after["slow_consumer_resyncs"] - before["slow_consumer_resyncs"]
@@ -650,7 +663,50 @@ def s6_memory(p: Params, work: Path) -> list[dict[str, Any]]:
             start_rss / MiB,
         ),
         row("S6", "slow-consumer resyncs during soak", resyncs, "resyncs"),
+        # The last quarter of the soak, once every user's buffer holds its retention.
+        row(
+            "S6",
+            "RSS plateau (median over the soak's last quarter)",
+            plateau.median / MiB,
+            "MiB",
+            "soak start",
+            start_rss / MiB,
+        ),
+        row("S6", "RSS drift over the plateau", plateau.drift_per_min / MiB, "MiB/min"),
+        row(
+            "S6",
+            "replay buffers over the plateau (events kept, its start → end)",
+            after["replay_events"],
+            "events",
+            "plateau start",
+            at_plateau["replay_events"],
+        ),
     ]
+
+
+# The share of the soak after which every user's replay buffer has reached its retention at the
+# full load (10,000 events take the 90 fast users about 14 minutes; the soak runs 20).
+PLATEAU_START = 0.75
+
+
+@dataclass(frozen=True)
+class Plateau:
+    median: float
+    # Least-squares slope of RSS over the window, in bytes a minute: about 0 when flat.
+    drift_per_min: float
+
+
+def plateau_of(samples: list[tuple[float, int]], since: float) -> Plateau:
+    window = [(t, rss) for t, rss in samples if t >= since] or samples[-1:]
+    values = sorted(rss for _, rss in window)
+    median = float(values[len(values) // 2]) if values else 0.0
+    if len(window) < 2:
+        return Plateau(median, 0.0)
+    mean_t = statistics.fmean(t for t, _ in window)
+    mean_rss = statistics.fmean(rss for _, rss in window)
+    spread = sum((t - mean_t) ** 2 for t, _ in window)
+    slope = sum((t - mean_t) * (rss - mean_rss) for t, rss in window) / spread if spread else 0.0
+    return Plateau(median, slope * 60)
 
 
 # ------------------------------------------------------------------ running

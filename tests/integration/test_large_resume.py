@@ -9,7 +9,7 @@ import pytest
 from alphaflow_live.protocol import Subscribed, server_message_decoder
 from tests.support import events as ev
 from tests.support.client import Publisher, StreamClient, rest_snapshot, same_portfolio, send, state_of
-from tests.support.server import Tokens
+from tests.support.server import ServerProcess, Tokens
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -19,24 +19,30 @@ FILLS = 6000
 PER_PUBLISH = 150
 
 
-async def test_a_resume_across_a_gap_larger_than_the_backlog_gets_subscribed_then_every_missed_event(
-    start_server, tokens: Tokens
-) -> None:
-    server = start_server("--max-backlog-bytes", str(BACKLOG), "--batch-window-ms", "10")
+async def away_for(server: ServerProcess, tokens: Tokens, ids: list[str]) -> tuple[Publisher, StreamClient]:
+    """A client that held the stream, left, and missed ``ids`` (one fill each) while away; it is
+    back and has sent its resume."""
     publisher = await Publisher.connect(server.ws_base, tokens.service)
     client = await StreamClient.connect(server.ws_base, tokens.alice)
     await client.subscribe()
     held = client.state
-    epoch, seq = held.epoch, held.seq
     await client.close()
-    ids = [f"gap-{i}" for i in range(FILLS)]
-    for start in range(0, FILLS, PER_PUBLISH):
+    for start in range(0, len(ids), PER_PUBLISH):
         await publisher.publish("alice", [ev.fill(i, qty="1") for i in ids[start : start + PER_PUBLISH]])
-    expected = await rest_snapshot(server.http_base, tokens.alice)
-
     again = await StreamClient.connect(server.ws_base, tokens.alice, max_size=None)
     again.state = held
-    await send(again.ws, {"type": "subscribe", "id": 2, "resume": {"epoch": epoch, "seq": seq}})
+    await send(again.ws, {"type": "subscribe", "id": 2, "resume": {"epoch": held.epoch, "seq": held.seq}})
+    return publisher, again
+
+
+async def test_a_resume_across_a_gap_larger_than_the_backlog_gets_subscribed_then_every_missed_event(
+    start_server, tokens: Tokens
+) -> None:
+    server = start_server("--max-backlog-bytes", str(BACKLOG), "--batch-window-ms", "10")
+    ids = [f"gap-{i}" for i in range(FILLS)]
+    publisher, again = await away_for(server, tokens, ids)
+    expected = await rest_snapshot(server.http_base, tokens.alice)
+
     first = server_message_decoder.decode(await again.ws.recv())
     sizes: list[int] = []
     async with asyncio.timeout(30):
@@ -59,20 +65,8 @@ async def test_live_events_after_a_large_resume_follow_the_recovered_batches(
     start_server, tokens: Tokens
 ) -> None:
     server = start_server("--max-backlog-bytes", str(BACKLOG), "--batch-window-ms", "10")
-    publisher = await Publisher.connect(server.ws_base, tokens.service)
-    client = await StreamClient.connect(server.ws_base, tokens.alice)
-    await client.subscribe()
-    held = client.state
-    epoch, seq = held.epoch, held.seq
-    await client.close()
-    for start in range(0, FILLS, PER_PUBLISH):
-        await publisher.publish(
-            "alice", [ev.fill(f"pre-{i}", qty="1") for i in range(start, start + PER_PUBLISH)]
-        )
+    publisher, again = await away_for(server, tokens, [f"pre-{i}" for i in range(FILLS)])
 
-    again = await StreamClient.connect(server.ws_base, tokens.alice, max_size=None)
-    again.state = held
-    await send(again.ws, {"type": "subscribe", "id": 2, "resume": {"epoch": epoch, "seq": seq}})
     live = await publisher.publish("alice", [ev.fill("live-1")])  # while the recovery goes out
     await again.pump_until_seq(live[-1])
 

@@ -5,7 +5,8 @@ Every frame on every stream is one of the msgspec Structs below, tagged by
 export all use these definitions; nothing else spells out a message.
 
 Money and quantities are ``decimal.Decimal`` here and decimal strings on the
-wire. Timestamps stay the exact strings their source sent (ISO 8601 UTC, ``Z``,
+wire. What publishers send must be plain and bounded (``DECIMAL_PATTERN``): see
+``decode_ingest_message``. Timestamps stay the exact strings their source sent (ISO 8601 UTC, ``Z``,
 millisecond or finer), so the server never rewrites an event's ``ts``.
 """
 
@@ -15,10 +16,11 @@ import calendar
 import contextlib
 import contextvars
 import functools
+import re
 import time
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -41,6 +43,15 @@ Timestamp = Annotated[
         examples=["2026-01-04T14:03:11.120Z"],
     ),
 ]
+# A decimal as publishers must send it (shared/PROTOCOL.md, Transport): plain ASCII digits, so
+# that what Decimal() would also take ("1e30", "1_000", " 5", "١٢") is refused, and bounded, so
+# that the engine's arithmetic on any accepted value is exact and cannot fail (engine.py says why).
+DECIMAL_INTEGER_DIGITS: Final = 15
+DECIMAL_FRACTION_DIGITS: Final = 10
+DECIMAL_PATTERN: Final = (
+    rf"^-?[0-9]{{1,{DECIMAL_INTEGER_DIGITS}}}(\.[0-9]{{1,{DECIMAL_FRACTION_DIGITS}}})?(?!\n)$"
+)
+_plain_decimal = re.compile(DECIMAL_PATTERN).match
 Symbol = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9./_-]{0,31}(?!\n)$")]
 UserId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-]{1,64}(?!\n)$")]
 MessageId = int | str
@@ -64,6 +75,7 @@ ErrorCode = Literal[
     "unknown_type",
     "invalid_channel",
     "resume_unavailable",
+    "unavailable",
     "internal",
 ]
 
@@ -354,6 +366,9 @@ IngestMessage = Publish | Prices
 class Ack(Struct, tag_field="type", tag="ack", kw_only=True, omit_defaults=True):
     id: MessageId | None = None
     seqs: list[int] | UnsetType = UNSET
+    # Ids of published fills that were applied before (by an earlier publish, or earlier in this
+    # one) and so changed nothing; each id once, in the publish's order. Left out when empty.
+    duplicates: list[str] = []
 
 
 # ------------------------------------------------------------------ admin stream
@@ -419,11 +434,37 @@ AdminReply = Ack | Stats | Error
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 encode = _encoder.encode
-server_message_decoder = msgspec.json.Decoder(ServerMessage)
-client_message_decoder = msgspec.json.Decoder(ClientMessage)
-ingest_reply_decoder = msgspec.json.Decoder(IngestReply)
-admin_reply_decoder = msgspec.json.Decoder(AdminReply)
-snapshot_decoder = msgspec.json.Decoder(Snapshot)
+
+T = TypeVar("T")
+TOO_DEEP = "frame is nested too deeply to decode (messages of this protocol nest a few levels)"
+
+
+class FrameDecoder(Generic[T]):
+    """A typed msgspec decoder whose every failure is a ``msgspec.DecodeError``.
+
+    msgspec raises RecursionError for nesting deeper than it recurses, even
+    inside a field it only skips; callers catch DecodeError for frames they
+    cannot use, so one deeply nested frame must not escape them as a crash.
+    """
+
+    __slots__ = ("_decode",)
+
+    def __init__(self, type_: Any) -> None:
+        self._decode = msgspec.json.Decoder(type_).decode
+
+    def decode(self, frame: bytes | str) -> T:
+        try:
+            result: T = self._decode(frame)
+        except RecursionError:
+            raise msgspec.DecodeError(TOO_DEEP) from None
+        return result
+
+
+server_message_decoder: FrameDecoder[ServerMessage] = FrameDecoder(ServerMessage)
+client_message_decoder: FrameDecoder[ClientMessage] = FrameDecoder(ClientMessage)
+ingest_reply_decoder: FrameDecoder[IngestReply] = FrameDecoder(IngestReply)
+admin_reply_decoder: FrameDecoder[AdminReply] = FrameDecoder(AdminReply)
+snapshot_decoder: FrameDecoder[Snapshot] = FrameDecoder(Snapshot)
 _any_decoder = msgspec.json.Decoder()
 
 
@@ -463,18 +504,20 @@ def _type_tags(union: Any) -> frozenset[str]:
     return frozenset(cls.__struct_config__.tag for cls in union.__args__)
 
 
-def decode_message(frame: str | bytes, union: Any, *, reject_numbers: bool = False) -> Any:
+def decode_message(frame: str | bytes, union: Any, *, check_values: bool = False) -> Any:
     """Decode one inbound frame into a member of ``union`` or raise MessageError.
 
     The frame is parsed once into plain values so that the error can tell
     unparseable JSON, an unknown ``type`` and an invalid field apart, and so
-    that ``reject_numbers`` can refuse JSON numbers where money must be a
-    decimal string (a float has already lost precision at its source).
+    that ``check_values`` can hold what publishers send to the contract's
+    value rules before any of it becomes a Decimal (see ``_check_values``).
     """
     try:
         raw = _any_decoder.decode(frame)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MessageError("invalid_json", f"frame is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError("invalid_json", TOO_DEEP) from None
     if not isinstance(raw, dict):
         raise MessageError("invalid_message", "a frame must be one JSON object")
     ref = raw.get("id")
@@ -485,22 +528,49 @@ def decode_message(frame: str | bytes, union: Any, *, reject_numbers: bool = Fal
     if not isinstance(kind, str) or kind not in tags:
         expected = ", ".join(sorted(tags))
         raise MessageError("unknown_type", f"unknown message type {kind!r}; expected one of: {expected}", ref)
-    if reject_numbers:
-        where = _find_number_in_payload(raw)
-        if where is not None:
-            raise MessageError(
-                "invalid_message",
-                f"{where} is a JSON number; money and quantities travel as decimal strings",
-                ref,
-            )
+    if check_values:
+        problem = _check_values(raw)
+        if problem is not None:
+            raise MessageError("invalid_message", problem, ref)
     try:
         return msgspec.convert(raw, union)
     except msgspec.ValidationError as exc:
         raise MessageError("invalid_message", str(exc), ref) from None
+    except RecursionError:
+        raise MessageError("invalid_json", TOO_DEEP, ref) from None
 
 
-def _find_number_in_payload(raw: dict[str, Any]) -> str | None:
-    """The path of the first JSON number inside event data or price ticks, if any."""
+def _decimal_fields(data: Any) -> frozenset[str]:
+    return frozenset(getattr(data, "_decimals", ()))
+
+
+_NONE: Final[frozenset[str]] = frozenset()
+
+
+# Event type → the Decimal fields of its data, for the checks on the parsed frame.
+_EVENT_DECIMALS: Final = {
+    cls.__struct_config__.tag: _decimal_fields(
+        next(f.type for f in msgspec.structs.fields(cls) if f.name == "data")
+    )
+    for cls in Event.__args__
+}
+_TICK_DECIMALS: Final = _decimal_fields(PriceTick)
+_PLAIN_DECIMAL_HELP = (
+    f"send an optional '-', 1 to {DECIMAL_INTEGER_DIGITS} digits, optionally '.' and 1 to "
+    f'{DECIMAL_FRACTION_DIGITS} digits, e.g. "187.20" '
+    "(no exponent, '+', spaces, '_' or other digit scripts)"
+)
+
+
+def _check_values(raw: dict[str, Any]) -> str | None:
+    """What is wrong with the values inside event data or price ticks, if anything.
+
+    A JSON number is refused anywhere in them (a float has lost precision at
+    its source), and a Decimal field must be a string of DECIMAL_PATTERN.
+    A negative zero ("-0", "-0.00") becomes the zero it means, here, so that
+    none gets in (a position of qty "-0" is flat, not a row that says "-0").
+    One pass over each payload: a relay sends thousands of ticks a message.
+    """
     for key, field in (("events", "data"), ("prices", None)):
         items = raw.get(key)
         if not isinstance(items, list):
@@ -508,14 +578,33 @@ def _find_number_in_payload(raw: dict[str, Any]) -> str | None:
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 continue
-            payload = item.get(field) if field else item
+            if field is None:
+                payload: Any = item
+                decimals = _TICK_DECIMALS
+            else:
+                payload = item.get(field)
+                kind = item.get("type")
+                decimals = _EVENT_DECIMALS.get(kind, _NONE) if isinstance(kind, str) else _NONE
             if not isinstance(payload, dict):
                 continue
             for name, value in payload.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    suffix = f".{field}" if field else ""
-                    return f"`$.{key}[{index}]{suffix}.{name}`"
+                if type(value) is str:
+                    if name not in decimals:
+                        continue
+                    if _plain_decimal(value) is None:
+                        shown = repr(value if len(value) <= 40 else value[:40] + "...")
+                        where = _where(key, index, field, name)
+                        return f"{where} is {shown}, not a plain decimal: {_PLAIN_DECIMAL_HELP}"
+                    if value[0] == "-" and not value.strip("-0."):
+                        payload[name] = value[1:]  # a value replaced, not a key added: safe mid-loop
+                elif isinstance(value, int | float) and not isinstance(value, bool):
+                    where = _where(key, index, field, name)
+                    return f"{where} is a JSON number; money and quantities travel as decimal strings"
     return None
+
+
+def _where(key: str, index: int, field: str | None, name: str) -> str:
+    return f"`$.{key}[{index}]{'.' + field if field else ''}.{name}`"
 
 
 def decode_client_message(frame: str | bytes) -> Subscribe | Unsubscribe | Ping:
@@ -524,7 +613,7 @@ def decode_client_message(frame: str | bytes) -> Subscribe | Unsubscribe | Ping:
 
 
 def decode_ingest_message(frame: str | bytes) -> Publish | Prices:
-    result: Publish | Prices = decode_message(frame, IngestMessage, reject_numbers=True)
+    result: Publish | Prices = decode_message(frame, IngestMessage, check_values=True)
     return result
 
 

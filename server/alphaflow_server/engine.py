@@ -2,8 +2,9 @@
 
 Per user the engine holds a book: signed quantities and average entry prices,
 cash, realized P&L today and the equity the day started with. All arithmetic
-is ``decimal.Decimal`` at 34 significant digits; values are quantized only
-when they leave the engine as events:
+is ``decimal.Decimal`` in the contexts of ``money``, which says why no input
+the decoder accepts can make it fail; values are quantized only when they
+leave the engine as events:
 
 * money (market value, cost basis, P&L, cash, equity …): 4 decimal places,
   finer than cents so fractional shares keep their sub-cent value;
@@ -24,7 +25,6 @@ price when a fill flips the position through zero. Realized P&L is
 from __future__ import annotations
 
 import dataclasses
-import decimal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -46,20 +46,15 @@ from alphaflow_live.protocol import (
     trusted_construction,
 )
 
+from .money import EXACT as _CONTEXT
+from .money import QUOTIENT as _QUOTIENT
+from .money import quantize as _q
+
 MONEY = Decimal("0.0001")
 PRICE = Decimal("0.000001")
 RATIO = Decimal("0.000001")
 ZERO = Decimal(0)
 Side = Literal["long", "short"]
-_CONTEXT = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN)
-
-
-_quantize = _CONTEXT.quantize
-
-
-def _q(value: Decimal, exp: Decimal) -> Decimal:
-    rounded = _quantize(value, exp)
-    return rounded if rounded else abs(rounded)  # abs turns -0 into 0
 
 
 @dataclass(slots=True)
@@ -154,8 +149,13 @@ class PortfolioEngine:
                 out.append(self._apply_fill(user_id, event.data, event.ts))
                 account_ts = event.ts
             elif isinstance(event, PositionEvent):
-                self._set_position(user_id, event.data)
-                out.append(event)
+                symbol = event.data.symbol
+                if event.data.qty == 0:  # flat is gone: the stream must not keep a row of qty 0
+                    self._drop(user_id, symbol)
+                    out.append(PositionClosedEvent(ts=event.ts, data=ClosedPosition(symbol=symbol)))
+                else:
+                    self._set_position(user_id, event.data)
+                    out.append(event)
                 account_ts = event.ts
             elif isinstance(event, PositionClosedEvent):
                 self._drop(user_id, event.data.symbol)
@@ -209,14 +209,19 @@ class PortfolioEngine:
 
     def derive(self, stale: dict[str, dict[str, str]]) -> dict[str, list[Event]]:
         """Per user: a position per stale symbol, then the account, stamped with the last mark's ts."""
-        result: dict[str, list[Event]] = {}
         # Every value is computed from checked ones: the checks would only cost time here.
         with trusted_construction():
-            for user_id, symbols in stale.items():
-                events: list[Event] = [self.position_event(user_id, s, ts) for s, ts in symbols.items()]
-                events.append(self._account_event(user_id, next(reversed(symbols.values()))))
-                result[user_id] = events
-        return result
+            return {user_id: self._derive(user_id, symbols) for user_id, symbols in stale.items()}
+
+    def derive_user(self, user_id: str, symbols: dict[str, str]) -> list[Event]:
+        """``derive`` for one user, so that a caller can keep one user's failure from the others."""
+        with trusted_construction():
+            return self._derive(user_id, symbols)
+
+    def _derive(self, user_id: str, symbols: dict[str, str]) -> list[Event]:
+        events: list[Event] = [self.position_event(user_id, s, ts) for s, ts in symbols.items()]
+        events.append(self._account_event(user_id, next(reversed(symbols.values()))))
+        return events
 
     def return_stale(self, stale: dict[str, dict[str, str]]) -> None:
         """Put back marks taken by ``take_stale`` whose events were not committed."""
@@ -226,6 +231,26 @@ class PortfolioEngine:
             kept = {s: ts for s, ts in symbols.items() if s in holdings and s not in newer}
             if kept or newer:
                 self._stale[user_id] = kept | newer
+
+    def spread_mark(self, symbol: str, ts: str, *, source: str) -> list[str]:
+        """Carry the symbol's mark, as ``source``'s published position set it, to the other holders;
+        returns the users whose positions it made stale (and were not).
+
+        One mark per symbol, as after a restart, which prices every holding at
+        the stored mark: without this, other holders would show the old price
+        until the next tick, and a restart would show them another.
+        """
+        price = self.prices[symbol]
+        newly: list[str] = []
+        for user_id in self._holders.get(symbol, ()):
+            holding = self.books[user_id].holdings[symbol]
+            if user_id == source or holding.current_price == price:
+                continue
+            holding.current_price = price
+            if user_id not in self._stale:
+                newly.append(user_id)
+            self.mark_stale(user_id, symbol, ts)
+        return newly
 
     def mark_stale(self, user_id: str, symbol: str, ts: str) -> None:
         """Send the holding's position (and the account) on the user's next re-mark."""
@@ -254,7 +279,7 @@ class PortfolioEngine:
 
     def _apply_fill(self, user_id: str, fill: Fill, ts: str) -> PositionEvent | PositionClosedEvent:
         book = self.book(user_id)
-        signed = fill.qty if fill.side == "buy" else -fill.qty
+        signed = fill.qty if fill.side == "buy" else fill.qty.copy_negate()
         price = fill.price
         ctx = _CONTEXT
         book.cash = ctx.subtract(book.cash, ctx.multiply(signed, price))
@@ -267,11 +292,11 @@ class PortfolioEngine:
             new_qty = ctx.add(holding.qty, signed)
             cost = ctx.add(ctx.multiply(holding.qty, holding.avg_entry_price), ctx.multiply(signed, price))
             base = ctx.add(ctx.multiply(holding.qty, holding.intraday_base), ctx.multiply(signed, price))
-            holding.avg_entry_price = ctx.divide(cost, new_qty)
-            holding.intraday_base = ctx.divide(base, new_qty)
+            holding.avg_entry_price = _QUOTIENT.divide(cost, new_qty)
+            holding.intraday_base = _QUOTIENT.divide(base, new_qty)
             holding.qty = new_qty
         else:  # reducing, closing or flipping
-            closed = min(abs(signed), abs(holding.qty))
+            closed = min(signed.copy_abs(), holding.qty.copy_abs())
             direction = Decimal(1) if holding.qty > 0 else Decimal(-1)
             pnl = ctx.multiply(ctx.multiply(closed, ctx.subtract(price, holding.avg_entry_price)), direction)
             book.realized_pl_today = ctx.add(book.realized_pl_today, pnl)
@@ -290,19 +315,19 @@ class PortfolioEngine:
     # ----------------------------------------------- authoritative overwrites
 
     def _set_position(self, user_id: str, position: Position) -> None:
-        if position.qty == 0:
-            self._drop(user_id, position.symbol)
-            return
+        """Overwrite the holding with a published one; ``process`` drops a position of qty 0."""
         # Keep the broker's intraday P&L as prices move: base = price − intraday P&L per share.
         base = _CONTEXT.subtract(
-            position.current_price, _CONTEXT.divide(position.unrealized_intraday_pl, position.qty)
+            position.current_price, _QUOTIENT.divide(position.unrealized_intraday_pl, position.qty)
         )
         self.book(user_id).holdings[position.symbol] = Holding(
             position.symbol, position.qty, position.avg_entry_price, position.current_price, base,
             position.asset_class,
         )  # fmt: skip
         self._holders.setdefault(position.symbol, set()).add(user_id)
+        # The broker's price is the symbol's mark (``spread_mark`` carries it to the other holders).
         self.prices[position.symbol] = position.current_price
+        self.day_reference.setdefault(position.symbol, position.current_price)
 
     def _set_account(self, user_id: str, account: Account) -> None:
         book = self.book(user_id)
@@ -378,19 +403,19 @@ class PortfolioEngine:
             cost = ctx.multiply(h.qty, h.avg_entry_price)
             side: Side = "long" if h.qty > 0 else "short"
             fixed = (
-                h.qty, h.avg_entry_price, h.qty + ZERO, side, _q(h.avg_entry_price, PRICE), cost,
-                _q(cost, MONEY), abs(cost),
+                h.qty, h.avg_entry_price, ctx.add(h.qty, ZERO), side, _q(h.avg_entry_price, PRICE), cost,
+                _q(cost, MONEY), cost.copy_abs(),
             )  # fmt: skip
             h.fixed = fixed
         _, _, qty, side, avg_entry_price, cost_basis, cost_basis_q, abs_cost = fixed
         quoted = self._quoted.get(h.symbol)
         reference = self.day_reference.get(h.symbol)
         if quoted is None or quoted[0] is not price or quoted[1] is not reference:
-            change = ctx.divide(ctx.subtract(price, reference), reference) if reference else ZERO
+            change = _QUOTIENT.divide(ctx.subtract(price, reference), reference) if reference else ZERO
             quoted = self._quoted[h.symbol] = (price, reference, _q(price, PRICE), _q(change, RATIO))
         market_value = ctx.multiply(h.qty, price)
         unrealized = ctx.subtract(market_value, cost_basis)
-        plpc = ctx.divide(unrealized, abs_cost) if abs_cost else ZERO
+        plpc = _QUOTIENT.divide(unrealized, abs_cost) if abs_cost else ZERO
         intraday = ctx.multiply(h.qty, ctx.subtract(price, h.intraday_base))
         return Position(
             symbol=h.symbol,

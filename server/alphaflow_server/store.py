@@ -18,15 +18,19 @@ thousand users is then a thousand rows, not tens of thousands.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 DB_NAME = "alphaflow-state.sqlite3"
+LOCK_NAME = "alphaflow-state.lock"
 
 # Runs of events: ``events`` is the JSON array of the events with seqs ``seq`` to ``last_seq``.
 _EVENTS_TABLE = """
@@ -49,6 +53,31 @@ _MIGRATE_1_TO_2 = "\n".join(
     )
 )
 
+# The fill ids applied per user (fill_ids.py: a fill's id is its idempotency key), with the seq
+# of the fill's event, which ``checkpoint`` prunes by.
+_FILLS_TABLE = """
+CREATE TABLE IF NOT EXISTS fills (
+    user_id TEXT NOT NULL, fill_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, fill_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fills_by_seq ON fills (user_id, seq);
+"""
+
+# Version 3 adds ``fills``, seeded with the fills the stored events hold (the replay window, at
+# least), so a publisher that re-sends one of them across the upgrade does not apply it twice.
+# Builds before version 3 applied a re-sent fill again: its id is kept once, at its last seq.
+_MIGRATE_2_TO_3 = "\n".join(
+    (
+        _FILLS_TABLE,
+        "INSERT OR REPLACE INTO fills"
+        " SELECT e.user_id, json_extract(j.value, '$.data.id'), max(json_extract(j.value, '$.seq'))"
+        " FROM events AS e, json_each(CAST(e.events AS TEXT)) AS j"
+        " WHERE json_extract(j.value, '$.type') = 'fill'"
+        " GROUP BY e.user_id, json_extract(j.value, '$.data.id');",
+        "UPDATE meta SET value = '3' WHERE key = 'schema_version';",
+    )
+)
+
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,11 +94,141 @@ CREATE TABLE IF NOT EXISTS prices (
     symbol TEXT PRIMARY KEY, price TEXT NOT NULL, reference TEXT NOT NULL
 );
 """
+    + _FILLS_TABLE
 )
+
+
+# What ``quarantine`` set aside, and why; an operator clears a row once it is dealt with.
+_QUARANTINE_TABLE = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    quarantined_at REAL NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL
+)"""
+
+
+# Schema version → the script that brings it to SCHEMA_VERSION.
+_UPGRADES = {"1": f"{_MIGRATE_1_TO_2} {_MIGRATE_2_TO_3}", "2": _MIGRATE_2_TO_3}
 
 
 class StateError(Exception):
     """The state directory cannot be used; the message says what to do."""
+
+
+_WHAT_TO_DO = "Restore it from a backup, or start with --reset-state to move it aside and begin empty."
+
+
+def _required_tables(version: str) -> set[str] | None:
+    """The tables a state file of this schema version must have; None for a version not read here."""
+    if version == "1":
+        return {"meta", "users", "events"}
+    if version.isdigit() and 2 <= int(version) <= int(SCHEMA_VERSION):
+        since_3 = {"fills"} if int(version) >= 3 else set()
+        return {"meta", "users", "events", "checkpoints", "prices"} | since_3
+    return None
+
+
+class StateDirInUse(StateError):
+    """Another process holds the state directory's lock."""
+
+
+class StorageError(Exception):
+    """A write to the state store failed for the storage's sake (disk full, I/O error, locked).
+
+    The transaction was rolled back: nothing of it is stored, and the same
+    write may succeed later. A failed constraint is not one of these: that is
+    a bug (or a second writer), and stays the ``sqlite3`` error it is.
+    """
+
+    def __init__(self, message: str, *, cause: str | None = None) -> None:
+        super().__init__(message)
+        # SQLite's words alone, for those who should not see the server's paths (publishers, /healthz).
+        self.cause = message if cause is None else cause
+
+
+# The sqlite3 errors that say the storage failed rather than the statement: retrying may succeed.
+def _is_storage_failure(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError
+    )
+
+
+class StateDirLock:
+    """One server per state directory: an exclusive ``flock`` on ``alphaflow-state.lock``.
+
+    - Taken before anything in the directory is read, and held for the life of
+      the process; the kernel drops it when the process dies (``kill -9``
+      too), so a lock file left behind never blocks a restart.
+    - The file is never deleted: a holder and a newcomer could otherwise lock
+      two different files of the same name.
+    - It holds the holder's pid, written by ``record_holder`` once the server
+      has started: a server that fails to start changes nothing, the lock file
+      included. Until then it may name an earlier holder, which is dead.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / LOCK_NAME
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StateError(
+                f"cannot open the lock file {self.path}: {exc.strerror}; "
+                "the state dir must be writable by the server"
+            ) from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder()
+            os.close(self._fd)
+            raise StateDirInUse(
+                f"the state dir {directory.absolute()} is in use by another server ({holder}); "
+                "stop it or use another --state-dir"
+            ) from None
+
+    def _holder(self) -> str:
+        starting = "pid not yet recorded: it is still starting"
+        try:
+            pid = int(os.pread(self._fd, 32, 0).decode().strip())
+        except (OSError, ValueError):
+            return starting
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return starting  # an earlier holder's pid: the holder has not started yet
+        except PermissionError:
+            pass  # alive, and another user's
+        return f"pid {pid}"
+
+    def record_holder(self) -> None:
+        """Write this process's pid, for the message a second server gets."""
+        # Only the message needs it (the flock is the lock): a full disk must not stop a start.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = -1
+
+    def __enter__(self) -> StateDirLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+QuarantineKind = Literal["user", "price"]
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """Stored rows set aside because they could not be applied: a user's, or a symbol's price."""
+
+    kind: QuarantineKind
+    key: str
+    reason: str
+    at: float
 
 
 @dataclass
@@ -88,6 +247,8 @@ class LoadedState:
     users: dict[str, UserRows]
     prices: dict[str, tuple[str, str]]
     meta: dict[str, str]
+    # What earlier starts set aside and no operator has cleared yet.
+    quarantined: list[Quarantined] = field(default_factory=list)
 
 
 @dataclass
@@ -102,12 +263,19 @@ class Commit:
     # symbol → (price, day reference)
     prices: dict[str, tuple[str, str]] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
+    # (user_id, fill id, seq of the fill's event): the fills these events applied
+    fills: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 class StateStore(Protocol):
     def load(self) -> LoadedState: ...
     def commit(self, commit: Commit) -> None: ...
-    def checkpoint(self, user_id: str, seq: int, snapshot: bytes, prune_through: int) -> None: ...
+    def checkpoint(
+        self, user_id: str, seq: int, snapshot: bytes, prune_through: int, *, keep_fills: int = ...
+    ) -> None: ...
+    def fill_ids(self, user_id: str) -> list[tuple[str, int]]: ...
+    def quarantine(self, kind: QuarantineKind, key: str, reason: str) -> Quarantined: ...
+    def observe(self, listener: Callable[[StorageError | None], None]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -120,7 +288,18 @@ class MemoryStore:
     def commit(self, commit: Commit) -> None:
         pass
 
-    def checkpoint(self, user_id: str, seq: int, snapshot: bytes, prune_through: int) -> None:
+    def checkpoint(
+        self, user_id: str, seq: int, snapshot: bytes, prune_through: int, *, keep_fills: int = 0
+    ) -> None:
+        pass
+
+    def fill_ids(self, user_id: str) -> list[tuple[str, int]]:
+        return []
+
+    def quarantine(self, kind: QuarantineKind, key: str, reason: str) -> Quarantined:
+        return Quarantined(kind, key, reason, time.time())
+
+    def observe(self, listener: Callable[[StorageError | None], None]) -> None:
         pass
 
     def close(self) -> None:
@@ -136,29 +315,98 @@ class SqliteStore:
             raise StateError(f"cannot create the state directory {directory}: {exc.strerror}") from None
         if reset:
             self._move_aside()
+        self._refuse_empty()
+        self._listener: Callable[[StorageError | None], None] | None = None
+        self._failing = False
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._unreadable(exc) from None
+        try:
+            # Every check reads only: a file that is refused is left as it was (but for a WAL that
+            # a crash left, which SQLite folds into the file when this connection closes).
+            version = self._check()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(check)
             self._db.executescript(_SCHEMA)
-            version = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.Error as exc:
-            raise StateError(
-                f"the state file {self.path} is unreadable ({exc}); the server will not start on it. "
-                "Restore it from a backup, or start with --reset-state to move it aside and begin empty."
-            ) from None
+        except (sqlite3.Error, StateError) as exc:
+            self._db.close()
+            if isinstance(exc, StateError):
+                raise
+            raise self._unreadable(exc) from None
         if version is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-        elif version[0] == "1":
-            self._db.executescript(f"BEGIN; {_MIGRATE_1_TO_2} COMMIT;")
+        elif version[0] in _UPGRADES:
+            self._upgrade(version[0])
         elif version[0] != SCHEMA_VERSION:
             raise StateError(
                 f"the state file {self.path} has schema version {version[0]}, "
                 f"this server reads {SCHEMA_VERSION}; use a matching server or --reset-state"
             )
+
+    def _upgrade(self, version: str) -> None:
+        """Bring a state file of an older schema to this one, in place and in one transaction."""
+        try:
+            self._db.executescript(f"BEGIN; {_UPGRADES[version]} COMMIT;")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            self._db.close()
+            raise StateError(
+                f"the state file {self.path} (schema version {version}) could not be upgraded to "
+                f"version {SCHEMA_VERSION} ({exc}); it is unchanged. Run the server it was written "
+                "by, or restore it from a backup, or start with --reset-state to begin empty."
+            ) from None
+
+    def _unreadable(self, exc: sqlite3.Error) -> StateError:
+        return StateError(
+            f"the state file {self.path} is unreadable ({exc}); the server will not start on it. "
+            f"{_WHAT_TO_DO}"
+        )
+
+    def _refuse_empty(self) -> None:
+        # SQLite takes an empty file for a new database: starting on one would be a silent reset.
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.stat().st_size == 0:
+                raise StateError(
+                    f"the state file {self.path} is empty (0 bytes): it was truncated or never "
+                    "written, and starting on it would lose every user's epoch and events. "
+                    f"{_WHAT_TO_DO}"
+                )
+
+    def _check(self) -> tuple[str] | None:
+        """The file's schema version row (None for a new file), once the file is known to be usable."""
+        db = self._db
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(" ".join(check.split())[:200])  # on one line, as errors are
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = None
+        if "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            # No tables, or a first start cut short before its first user: a new state file.
+            if "users" not in tables or db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is None:
+                return None
+            raise StateError(
+                f"the state file {self.path} holds users but no schema version: it is not an "
+                f"AlphaFlow Live state file, or its meta table was damaged. {_WHAT_TO_DO}"
+            )
+        version = str(row[0])
+        required = _required_tables(version)
+        if required is None:
+            raise StateError(
+                f"the state file {self.path} has schema version {version}, "
+                f"this server reads {SCHEMA_VERSION}; use a matching server or --reset-state"
+            )
+        missing = sorted(required - tables)
+        if missing:
+            raise StateError(
+                f"the state file {self.path} (schema version {version}) has no "
+                f"{', '.join(missing)} table: it was damaged or edited. {_WHAT_TO_DO}"
+            )
+        return (version,)
 
     def _move_aside(self) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -168,6 +416,14 @@ class SqliteStore:
                 source.rename(Path(f"{self.path}.reset-{stamp}{suffix}"))
 
     def load(self) -> LoadedState:
+        try:
+            loaded = self._load()
+            loaded.quarantined = self._quarantined()
+        except sqlite3.Error as exc:
+            raise self._unreadable(exc) from None
+        return loaded
+
+    def _load(self) -> LoadedState:
         db = self._db
         users = {
             user_id: UserRows(epoch, seq, book)
@@ -214,24 +470,140 @@ class SqliteStore:
                 )
             if commit.meta:
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(commit.meta.items()))
+            if commit.fills:
+                # A conflict is an id whose retention ended, applied again: it counts from its new seq.
+                db.executemany(
+                    "INSERT INTO fills VALUES (?, ?, ?)"
+                    " ON CONFLICT (user_id, fill_id) DO UPDATE SET seq = excluded.seq",
+                    commit.fills,
+                )
             db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        except BaseException as exc:
+            if (failure := self._failed(exc)) is None:
+                raise
+            raise failure from exc
+        self._succeeded()
 
-    def checkpoint(self, user_id: str, seq: int, snapshot: bytes, prune_through: int) -> None:
-        """Store the user's state as of ``seq`` and drop events no longer needed."""
+    def checkpoint(
+        self, user_id: str, seq: int, snapshot: bytes, prune_through: int, *, keep_fills: int = 100_000
+    ) -> None:
+        """Store the user's state as of ``seq`` and drop events no longer needed, and the fill ids
+        of fills at or before ``prune_through`` that are not among the user's ``keep_fills`` newest."""
         db = self._db
         try:
             db.execute("BEGIN")
             db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (user_id, seq, snapshot))
             db.execute("DELETE FROM events WHERE user_id = ? AND last_seq <= ?", (user_id, prune_through))
+            db.execute(
+                "DELETE FROM fills WHERE user_id = ?1 AND seq <= ?2 AND seq <= coalesce("
+                "(SELECT seq FROM fills WHERE user_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?3), -1)",
+                (user_id, prune_through, keep_fills),
+            )
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
+            if (failure := self._failed(exc)) is None:
+                raise
+            raise failure from exc
+        self._succeeded()
+
+    def fill_ids(self, user_id: str) -> list[tuple[str, int]]:
+        """The user's applied fills still kept: (fill id, seq), oldest first."""
+        try:
+            return list(
+                self._db.execute("SELECT fill_id, seq FROM fills WHERE user_id = ? ORDER BY seq", (user_id,))
+            )
+        except sqlite3.Error as exc:
+            if not _is_storage_failure(exc):
+                raise
+            raise StorageError(f"the state file {self.path} could not be read: {exc}") from exc
+
+    # ------------------------------------------------------- storage health
+
+    def observe(self, listener: Callable[[StorageError | None], None]) -> None:
+        """Call ``listener`` with each write that fails on storage, and with None at the first one
+        that succeeds after them."""
+        self._listener = listener
+
+    def _failed(self, exc: BaseException) -> StorageError | None:
+        """Roll back; the ``StorageError`` to raise instead of ``exc`` when the storage failed."""
+        db = self._db
+        # A rollback that fails too leaves SQLite to roll back itself (it does, on a failed write).
+        with contextlib.suppress(sqlite3.Error):
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            raise
+        if not _is_storage_failure(exc):
+            return None
+        failure = StorageError(f"the state file {self.path} could not be written: {exc}", cause=str(exc))
+        self._failing = True
+        if self._listener is not None:
+            self._listener(failure)
+        return failure
+
+    def _succeeded(self) -> None:
+        if self._failing:
+            self._failing = False
+            if self._listener is not None:
+                self._listener(None)
+
+    # ----------------------------------------------------------- quarantine
+
+    def quarantine(self, kind: QuarantineKind, key: str, reason: str) -> Quarantined:
+        """Move a user's rows (in every table with a ``user_id``), or a symbol's price, aside.
+
+        Nothing is deleted: each row goes to ``quarantined_<table>``, a copy of
+        its table with a ``quarantined_at`` column, and ``quarantine`` says what
+        was set aside and why; one transaction.
+        """
+        db = self._db
+        entry = Quarantined(kind, key, reason, time.time())
+        try:
+            db.execute("BEGIN")
+            if kind == "price":
+                tables, column = ["prices"], "symbol"
+            else:
+                tables, column = [t for t in self._tables() if "user_id" in self._columns(t)], "user_id"
+            # Every name below is one of the file's own tables and columns, never an input.
+            for table in tables:
+                columns = self._columns(table)
+                shadow = f"quarantined_{table}"
+                db.execute(f'CREATE TABLE IF NOT EXISTS "{shadow}" AS SELECT * FROM "{table}" WHERE 0')  # noqa: S608
+                kept = self._columns(shadow)
+                # A table that gained columns since its rows were first set aside: the copy gains them too.
+                for name in [c for c in (*columns, "quarantined_at") if c not in kept]:
+                    db.execute(f'ALTER TABLE "{shadow}" ADD COLUMN "{name}"')
+                names = ", ".join(f'"{c}"' for c in columns)
+                copy = f'INSERT INTO "{shadow}" ({names}, quarantined_at) SELECT {names}, ? FROM "{table}"'  # noqa: S608
+                db.execute(f'{copy} WHERE "{column}" = ?', (entry.at, key))
+                db.execute(f'DELETE FROM "{table}" WHERE "{column}" = ?', (key,))  # noqa: S608
+            db.execute(_QUARANTINE_TABLE)
+            db.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?)", (entry.at, kind, key, reason))
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if (failure := self._failed(exc)) is None:
+                raise
+            raise failure from exc
+        self._succeeded()
+        return entry
+
+    def _tables(self) -> list[str]:
+        return [
+            name
+            for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not name.startswith("quarantine")
+        ]
+
+    def _columns(self, table: str) -> list[str]:
+        return [row[1] for row in self._db.execute(f'PRAGMA table_info("{table}")')]
+
+    def _quarantined(self) -> list[Quarantined]:
+        if not self._columns("quarantine"):
+            return []
+        return [
+            Quarantined(kind, key, reason, at)
+            for at, kind, key, reason in self._db.execute(
+                "SELECT quarantined_at, kind, key, reason FROM quarantine ORDER BY quarantined_at"
+            )
+        ]
 
     def close(self) -> None:
         self._db.close()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -55,7 +58,7 @@ async def test_one_invalid_event_rejects_the_whole_publish_and_changes_nothing(
     ("mutate", "fragment"),
     [
         (lambda e: e["data"].__setitem__("qty", 10), "decimal strings"),
-        (lambda e: e["data"].__setitem__("price", "NaN"), "finite"),
+        (lambda e: e["data"].__setitem__("price", "NaN"), "not a plain decimal"),
         (lambda e: e["data"].__setitem__("price", "-1"), "above zero"),
         (lambda e: e.__setitem__("ts", "2026-01-04 14:03:11"), "ts"),
         (lambda e: e.__setitem__("ts", "2026-01-04T14:03:11Z"), "ts"),
@@ -143,3 +146,51 @@ async def test_binary_frames_on_ingest_get_an_error(shared_server, tokens: Token
         publisher.ws, {"type": "prices", "id": 1, "prices": [{"symbol": "A", "price": "1", "ts": ev.TS}]}
     )
     assert json.loads(await publisher.ws.recv())["type"] == "ack"
+
+
+async def publish_for_ack(publisher: Publisher, user_id: str, events: list[Any]) -> Ack:
+    reply = await publisher.request({"type": "publish", "id": 7, "user_id": user_id, "events": events})
+    assert isinstance(reply, Ack), f"publish refused: {reply}"
+    return reply
+
+
+async def test_a_re_sent_fill_changes_nothing_and_the_ack_names_it_10_10_13_13(
+    start_server, tokens: Tokens
+) -> None:
+    """Defect 2 as measured: the position went 10 → 20 → 26 → 19 and cash to −915, while the
+    fills list deduplicated, so the snapshot contradicted itself."""
+    server = start_server()
+    publisher = await Publisher.connect(server.ws_base, tokens.service)
+    f1 = as_json(ev.fill("f1", qty="10", price="50"))
+    f2 = as_json(ev.fill("f2", qty="3", price="50"))
+    resent_f1 = as_json(ev.fill("f1", side="sell", qty="7", price="55"))
+
+    qtys, acks = [], []
+    for events in ([f1], [f1], [f2, f2], [resent_f1]):
+        acks.append(await publish_for_ack(publisher, "alice", events))
+        snapshot = await rest_snapshot(server.http_base, tokens.alice)
+        qtys.append(snapshot.positions[0].qty if snapshot.positions else None)
+
+    assert qtys == [Decimal(10), Decimal(10), Decimal(13), Decimal(13)]
+    assert [a.duplicates for a in acks] == [[], ["f1"], ["f2"], ["f1"]]
+    assert acks[1].seqs == [] and acks[3].seqs == [], "a publish of duplicates alone has no seqs"
+    assert snapshot.account is not None and snapshot.account.cash == Decimal(-650)
+    assert [f.id for f in snapshot.fills] == ["f1", "f2"]
+
+
+async def test_a_fill_re_sent_after_a_kill_and_restart_is_still_a_duplicate(
+    start_server, tokens: Tokens
+) -> None:
+    server = start_server()
+    publisher = await Publisher.connect(server.ws_base, tokens.service)
+    await publish_for_ack(publisher, "alice", [as_json(ev.fill("k1", qty="10", price="50"))])
+    before = await rest_snapshot(server.http_base, tokens.alice)
+
+    await asyncio.to_thread(server.stop, signal.SIGKILL)
+    await asyncio.to_thread(server.start)
+    publisher = await Publisher.connect(server.ws_base, tokens.service)
+    again = await publish_for_ack(publisher, "alice", [as_json(ev.fill("k1", qty="10", price="50"))])
+    after = await rest_snapshot(server.http_base, tokens.alice)
+
+    assert (again.seqs, again.duplicates) == ([], ["k1"])
+    assert (after.seq, after.positions, after.account) == (before.seq, before.positions, before.account)

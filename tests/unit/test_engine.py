@@ -970,3 +970,72 @@ def test_process_and_apply_prices_emit_events_in_order_with_their_sources_ts(
             assert isinstance(acct, AccountEvent) and acct.ts == latest[held[-1]]
 
     replay(script, check)
+
+
+# ------------------------------------------------------- the grammar's bounds
+
+MAX = "999999999999999.9999999999"  # the largest decimal the decoder accepts
+TINY = "0.0000000001"
+
+
+def test_a_fill_at_the_bounds_is_exact_and_quantizes_without_error() -> None:
+    engine = PortfolioEngine()
+
+    out = engine.process("alice", [fill(qty=MAX, price=MAX, at=ts(1))])
+
+    # 50 digits, checked against exact rationals (Decimal's default context would round it).
+    product = Fraction(MAX) * Fraction(MAX)
+    position_data, account_data = out[1].data, out[2].data
+    assert isinstance(position_data, Position) and isinstance(account_data, Account)
+    assert Fraction(engine.books["alice"].cash) == -product, "cash holds the exact product"
+    assert position_data.market_value == D("999999999999999999999999800000.0000")
+    assert account_data.cash == D("-999999999999999999999999800000.0000")
+
+
+@PROPERTY
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["buy", "sell"]),
+            st.sampled_from([MAX, TINY, "1", "123456789012345.6789012345"]),
+            st.sampled_from([MAX, TINY, "0.01", "187.20"]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.sampled_from([MAX, TINY, "0.01"]),
+)
+def test_fills_and_ticks_anywhere_in_the_grammars_range_never_raise(
+    trades: list[tuple[str, str, str]], mark: str
+) -> None:
+    engine = PortfolioEngine()
+    engine.process("alice", [account(f"-{MAX}", at=ts(0))])
+    for n, (side, qty, price) in enumerate(trades):
+        engine.process("alice", [fill(f"f-{n}", side=side, qty=qty, price=price, at=ts(n + 1))])
+        engine.apply_prices([tick("AAPL", mark, ts(n + 1))])
+    engine.roll_day()
+    engine.apply_prices([tick("AAPL", MAX, ts(99))])
+
+    engine.account("alice", ts(99))
+
+
+def test_quantize_never_fails_even_for_values_past_the_exact_contexts_digits() -> None:
+    from alphaflow_server.money import quantize
+
+    huge = D("123456789" * 10 + ".987654321")  # 90 digits before the point
+
+    assert quantize(huge, D("0.0001")) == D("123456789" * 10 + ".9877")
+    assert quantize(D("-1E+80"), D("0.000001")) == D("-1E+80")
+    assert str(quantize(D("-0.00001"), D("0.0001"))) == "0.0000", "never a negative zero"
+
+
+def test_a_published_position_of_qty_zero_closes_the_holding_instead_of_streaming_a_row() -> None:
+    engine = PortfolioEngine()
+    engine.process("alice", [fill(qty="10", at=ts(0))])
+
+    out = engine.process("alice", [position("AAPL", "-0", "187.20", at=ts(1))])
+
+    assert [type(e) for e in out] == [PositionClosedEvent, AccountEvent]
+    assert (out[0].data.symbol, out[0].ts) == ("AAPL", ts(1))
+    assert engine.books["alice"].holdings == {}
+    assert engine.apply_prices([tick("AAPL", "1.00", ts(2))]) == {}

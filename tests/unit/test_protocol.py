@@ -101,6 +101,31 @@ def test_invalid_json_is_reported_as_invalid_json() -> None:
     assert error.ref is None
 
 
+@pytest.mark.parametrize("depth", [5_000, 10_000])
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_nesting_too_deep_to_decode_is_invalid_json_on_every_stream(depth: int, opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    nested = opener * depth + "0" + closer * depth
+    frames = [nested, f'{{"type": "ping", "id": 1, "x": {nested}}}']
+    for decode in (decode_client_message, decode_ingest_message, decode_admin_message):
+        for frame in frames:
+            error = _decode_error(decode, frame)
+
+            assert error.code == "invalid_json", f"{decode.__name__}: {error.code}: {error.message}"
+            assert "nested too deeply" in error.message
+
+
+def test_the_clients_decoders_raise_decode_error_for_nesting_too_deep() -> None:
+    from alphaflow_live.protocol import admin_reply_decoder, ingest_reply_decoder, snapshot_decoder
+
+    nested = "[" * 10_000 + "]" * 10_000
+    # The nesting in a field the decoder skips (one it does not know), ahead of the rest.
+    frame = f'{{"x": {nested}, "type": "ack", "epoch": "e-1", "seq": 1, "server_time": "{TS}"}}'
+    for decoder in (server_message_decoder, snapshot_decoder, ingest_reply_decoder, admin_reply_decoder):
+        with pytest.raises(msgspec.DecodeError, match="nested too deeply"):
+            decoder.decode(frame)
+
+
 def test_invalid_utf8_is_reported_as_invalid_json() -> None:
     error = _decode_error(decode_client_message, b'{"type": "\xff"}')
 
@@ -253,21 +278,117 @@ def test_decimal_strings_round_trip_exactly() -> None:
     assert (out["data"]["price"], out["data"]["qty"]) == ("187.20", "0.500")
 
 
-@PROPERTY
-@given(
-    st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=-(10**9), max_value=10**9).map(str)
+# Decimal strings anywhere in the grammar's range: 1-15 digits, optionally 1-10 more after the point.
+plain_decimals = st.builds(
+    lambda sign, whole, fraction: sign + whole + (f".{fraction}" if fraction else ""),
+    st.sampled_from(["", "-"]),
+    st.from_regex(r"[0-9]{1,15}", fullmatch=True),
+    st.one_of(st.just(""), st.from_regex(r"[0-9]{1,10}", fullmatch=True)),
 )
-def test_any_finite_decimal_string_survives_decode_and_encode_unchanged(price: str) -> None:
+
+
+def _publish_with_position_data(**changes: Any) -> bytes:
     item = wire(position(price="1.00"))
-    item["data"]["current_price"] = price
     del item["seq"]
-    frame = _json({"type": "publish", "user_id": "alice", "events": [item]})
+    item["data"].update(changes)
+    return _json({"type": "publish", "id": 9, "user_id": "alice", "events": [item]})
 
-    message = decode_ingest_message(frame)
+
+@PROPERTY
+@given(plain_decimals)
+def test_any_decimal_of_the_grammar_decodes_to_the_value_it_spells(price: str) -> None:
+    message = decode_ingest_message(_publish_with_position_data(current_price=price))
     assert isinstance(message, Publish)
-    got = wire(message.events[0])["data"]["current_price"]
+    got = message.events[0].data.current_price  # type: ignore[union-attr]
 
-    assert got == price, f"expected {price!r}, got {got!r}"
+    assert got == Decimal(price), f"expected {price!r}, got {got!r}"
+    assert not (got.is_signed() and got == 0), f"{price!r} decoded as a negative zero"
+
+
+@pytest.mark.parametrize(
+    "value", ["999999999999999.9999999999", "-999999999999999.9999999999", "0.0000000001", "0", "-5"]
+)
+def test_decimals_at_the_grammars_bounds_are_accepted(value: str) -> None:
+    message = decode_ingest_message(_publish_with_position_data(qty=value))
+    assert isinstance(message, Publish)
+
+    assert message.events[0].data.qty == Decimal(value)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("value", "zero"), [("-0", "0"), ("-0.00", "0.00"), ("-000.0", "000.0")])
+def test_minus_zero_decodes_as_the_zero_it_means(value: str, zero: str) -> None:
+    message = decode_ingest_message(_publish_with_position_data(qty=value, unrealized_pl=value))
+    assert isinstance(message, Publish)
+    data = message.events[0].data
+    out = wire(message.events[0])["data"]
+
+    assert not data.qty.is_signed() and not data.unrealized_pl.is_signed()  # type: ignore[union-attr]
+    assert (out["qty"], out["unrealized_pl"]) == (str(Decimal(zero)), str(Decimal(zero)))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1e30",  # defect 1: an exponent, which the engine could not quantize
+        "1E-7",
+        "1_000",  # defect 11: Decimal() takes underscores ...
+        " 5",  # ... surrounding spaces ...
+        "5 ",
+        "\u0661\u0662",  # ... and Arabic-Indic digits ("١٢")
+        "+5",
+        ".5",
+        "5.",
+        "1.2.3",
+        "-",
+        "--5",
+        "0x10",
+        "1234567890123456",  # 16 digits before the point
+        "1.12345678901",  # 11 after it
+        "5\n",
+    ],
+)
+def test_a_decimal_outside_the_grammar_is_invalid_message_naming_the_field(value: str) -> None:
+    error = _decode_error(decode_ingest_message, _publish_with_fill_data(qty=value))
+
+    assert (error.code, error.ref) == ("invalid_message", 9)
+    assert "`$.events[0].data.qty`" in error.message and "not a plain decimal" in error.message, error.message
+    assert "15 digits" in error.message, "the error says what a decimal must look like"
+
+
+def test_a_price_tick_of_1e30_is_invalid_message_naming_the_tick() -> None:
+    ticks = [wire(tick("AAPL", "189.10")), {"symbol": "HX", "price": "1e30", "ts": TS}]
+    frame = _json({"type": "prices", "id": 10, "prices": ticks})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert (error.code, error.ref) == ("invalid_message", 10)
+    assert "`$.prices[1].price`" in error.message
+
+
+def test_an_account_with_cash_1e40_is_invalid_message_naming_the_field() -> None:
+    item = wire(account())
+    del item["seq"]
+    item["data"]["cash"] = "1e40"
+    frame = _json({"type": "publish", "id": 3, "user_id": "alice", "events": [item]})
+
+    error = _decode_error(decode_ingest_message, frame)
+
+    assert (error.code, error.ref) == ("invalid_message", 3)
+    assert "`$.events[0].data.cash`" in error.message
+
+
+def test_every_decimal_field_of_every_event_type_is_held_to_the_grammar() -> None:
+    samples = {"position": position(), "order": order(), "account": account(), "fill": fill("f-1")}
+    for kind, event in samples.items():
+        for name in type(event.data)._decimals:  # type: ignore[attr-defined]
+            item = wire(event)
+            del item["seq"]
+            item["data"][name] = "1e3"
+            frame = _json({"type": "publish", "id": 1, "user_id": "alice", "events": [item]})
+
+            error = _decode_error(decode_ingest_message, frame)
+
+            assert f"`$.events[0].data.{name}`" in error.message, (kind, name, error.message)
 
 
 @pytest.mark.parametrize("value", [187.2, 187, 0])
@@ -470,6 +591,17 @@ def test_event_envelope_has_seq_channel_type_ts_and_data() -> None:
 
     assert set(got) == {"seq", "channel", "type", "ts", "data"}
     assert (got["seq"], got["channel"], got["type"], got["ts"]) == (1235, "positions", "position", TS)
+
+
+def test_an_ack_carries_duplicates_only_when_there_are_some() -> None:
+    from alphaflow_live.protocol import Ack, ingest_reply_decoder
+
+    plain = encode(Ack(id=9, seqs=[1, 2]))
+    with_duplicates = encode(Ack(id=9, seqs=[], duplicates=["f-1", "f-2"]))
+
+    assert plain == b'{"type":"ack","id":9,"seqs":[1,2]}'
+    assert with_duplicates == b'{"type":"ack","id":9,"seqs":[],"duplicates":["f-1","f-2"]}'
+    assert ingest_reply_decoder.decode(plain) == Ack(id=9, seqs=[1, 2], duplicates=[])
 
 
 def test_error_message_omits_ref_when_unset() -> None:

@@ -38,19 +38,28 @@ from alphaflow_live.protocol import (
     format_timestamp,
 )
 
-from .admission import OpenStream, Refused, ServePublic, ServeRest, decide
+from .admission import OpenStream, Preflight, Refused, ServePublic, ServeRest, ServeSession, decide
 from .auth import UsersFileWatcher
 from .bus import EventBus, JournalOptions
 from .config import ServerConfig
 from .engine import PortfolioEngine
-from .http_api import MetricsEndpoint, health_response, json_response, refusal
+from .handshakes import gated_connections, pending_bound
+from .http_api import (
+    MetricsEndpoint,
+    health_response,
+    json_response,
+    preflight_response,
+    refusal,
+    session_response,
+)
 from .ledger import Ledger
-from .limits import ConnectionLimiter
+from .limits import ConnectionLimiter, PendingHandshakes
+from .logs import throttle_accept_errors
 from .rpc import serve_requests
 from .session import PortfolioSession
 from .sources import ServerPort, Source
-from .stats import Health, ServerStats, StatsCollector
-from .store import MemoryStore, StateStore
+from .stats import FailureTally, Health, ServerStats, StatsCollector
+from .store import MemoryStore, Quarantined, StateError, StateStore, StorageError
 
 log = logging.getLogger("alphaflow.server")
 
@@ -80,9 +89,19 @@ def new_epoch() -> str:
 
 class StreamServer:
     def __init__(
-        self, config: ServerConfig, users: UsersFileWatcher, store: StateStore | None = None
+        self,
+        config: ServerConfig,
+        users: UsersFileWatcher,
+        store: StateStore | None = None,
+        *,
+        open_state: Callable[[], StateStore] | None = None,
     ) -> None:
+        """``open_state``, when given, opens the store in ``start`` once the port is bound (and
+        replaces ``store``): a server that cannot have its port never reads its state."""
         self.config = config
+        self._open_state = open_state
+        self._started = False
+        self._storage_failures = FailureTally()
         self.users = users
         self.bus = EventBus(
             new_epoch=new_epoch,
@@ -104,30 +123,37 @@ class StreamServer:
         self._sources: dict[str, Source] = {}
         self._port = ServerPort(self.ingest_local, self.engine, self.bus, self.health)
         self._source_tasks: list[asyncio.Task[None]] = []
-        self._metrics = MetricsEndpoint(StatsCollector(self.stats_report, self.stats.latency))
+        self._allowed_origins = frozenset(config.allowed_origins)
+        self._pending: PendingHandshakes[ServerConnection] = PendingHandshakes(
+            pending_bound(config.max_pending_handshakes)
+        )
+        self._metrics = MetricsEndpoint(
+            StatsCollector(
+                self.stats_report, self.stats.latency, pending_handshakes=lambda: len(self._pending)
+            )
+        )
         self.port: int | None = None
         self._remark_timer: asyncio.Handle | None = None
+        # The last re-mark failure logged, and how many like it followed: logged once per cause.
+        self._remark_failure: tuple[str, int] | None = None
 
     # ------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        """Bind the port, read the state, then listen; a start that fails writes nothing.
+
+        The port is bound (not yet listening) before the state is opened, so a
+        busy port fails before anything in the state dir is read; a failure
+        after that closes what was opened without writing, and only a server
+        that started owes the state anything in ``close``.
+        """
         config = self.config
-        loaded = self.ledger.store.load()
-        restored = self.ledger.restore(
-            loaded,
-            retain_events=config.retain_events,
-            retain_seconds=config.retain_seconds,
-            now=asyncio.get_running_loop().time(),
-        )
-        if restored:
-            log.info("event=state_restored users=%d", restored)
-        self._remark_due()
-        if not config.disable_streaming and loaded.meta.get("streaming_enabled") == "false":
-            self.set_streaming(False)
+        throttle_accept_errors(asyncio.get_running_loop(), log)
         self._server = await serve(
             self._handle,
             config.host,
             config.port,
+            create_connection=gated_connections(self._pending, self.stats, log),
             process_request=self._process_request,
             server_header="alphaflow-live",
             compression=None,
@@ -137,15 +163,88 @@ class StreamServer:
             ping_timeout=config.ping_timeout_s,
             close_timeout=config.close_timeout_s,
             logger=logging.getLogger("alphaflow.server.websockets"),
+            start_serving=False,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        try:
+            self._restore_state()
+            await self._server.start_serving()
+        except BaseException:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+            self.ledger.store.close()
+            raise
+        self._started = True
         self._ticker = asyncio.create_task(self._tick_loop(), name="heartbeats")
         log.info("listening on ws://%s:%d", _host_for_url(config.host), self.port)
         for name, run in self._sources.items():
             self._source_tasks.append(asyncio.create_task(self._run_source(name, run), name=f"source-{name}"))
 
+    def _restore_state(self) -> None:
+        config = self.config
+        if self._open_state is not None:
+            self.ledger.store = self._open_state()
+        self.ledger.store.observe(self._storage_outcome)
+        loaded = self.ledger.store.load()
+        try:
+            restored = self.ledger.restore(
+                loaded,
+                retain_events=config.retain_events,
+                retain_seconds=config.retain_seconds,
+                now=asyncio.get_running_loop().time(),
+            )
+        except StorageError as exc:
+            raise StateError(
+                f"a stored row that cannot be applied could not be set aside ({exc}); "
+                "the server will not start until the state dir can be written"
+            ) from None
+        if restored.users:
+            log.info("event=state_restored users=%d", restored.users)
+        self._report_quarantine([*loaded.quarantined, *restored.quarantined])
+        self._remark_due()
+        if not config.disable_streaming and loaded.meta.get("streaming_enabled") == "false":
+            self.set_streaming(False)
+
+    def _report_quarantine(self, entries: list[Quarantined]) -> None:
+        """Health stays degraded while the quarantine table lists rows, across restarts too."""
+        if not entries:
+            return
+        shown = "; ".join(f"{e.kind} {e.key}: {e.reason}" for e in entries[:5])
+        more = f"; and {len(entries) - 5} more" if len(entries) > 5 else ""
+        self.health.set(
+            "state",
+            "degraded",
+            f"{len(entries)} stored row set(s) could not be applied and were quarantined ({shown}{more}); "
+            "everything else is served. See the quarantine table (docs/operations.md, Quarantined rows)",
+        )
+
+    def _storage_outcome(self, failure: StorageError | None) -> None:
+        """Health and logs follow the store's writes: degraded from a failed write until one
+        succeeds; each cause is logged once, and the count when writes succeed again."""
+        tally = self._storage_failures
+        if failure is None:
+            log.warning("event=storage_recovered failed_writes=%d", tally.clear())
+            self.health.set("storage", "healthy")
+            return
+        if tally.add(failure.cause, format_timestamp(time.time())):
+            log.error("event=storage_failed reason=%r", str(failure))  # once per cause; recovery: the count
+        self.health.set(
+            "storage",
+            "degraded",
+            f"writes to the state file fail ({failure.cause}); {tally.total} write(s) failed since "
+            f"{tally.since}: publishes answer 'unavailable' until a write succeeds",
+        )
+
     async def close(self) -> None:
-        """Close every connection with 1001 and stop serving."""
+        """Close every connection with 1001 and stop serving.
+
+        Only a server that started writes here (the last re-marks and the
+        checkpoints); ``start`` cleans up after itself when it fails.
+        """
+        if not self._started:
+            return
+        self._started = False
         self.health.set("server", "offline", "shutting down")
         for task in self._source_tasks:
             task.cancel()
@@ -230,10 +329,19 @@ class StreamServer:
             authenticate=lambda token: self.users.current(now).authenticate(token),
             streaming_enabled=self.streaming_enabled,
             capacity=self.limiter,
+            method=request.method,
+            allowed_origins=self._allowed_origins,
+            secure=connection.transport.get_extra_info("sslcontext") is not None,
         )
         if isinstance(decision, Refused):
             self.stats.handshakes_refused[decision.code.value] += 1
             return refusal(decision)
+        if isinstance(decision, Preflight):
+            return preflight_response(decision)
+        if isinstance(decision, ServeSession):
+            if decision.principal is not None:
+                log.info("event=browser_session user=%s", decision.principal.name)
+            return session_response(decision)
         if isinstance(decision, ServePublic):
             if decision.endpoint == "healthz":
                 return health_response(
@@ -260,8 +368,10 @@ class StreamServer:
     def _rest(self, request: ServeRest) -> Response:
         if request.endpoint == "snapshot":
             state = self.bus.user(request.principal.name).state
-            return json_response(http.HTTPStatus.OK, state.to_snapshot(format_timestamp(time.time())))
-        return json_response(http.HTTPStatus.OK, self.stats_report())
+            return json_response(
+                http.HTTPStatus.OK, state.to_snapshot(format_timestamp(time.time())), request.cors
+            )
+        return json_response(http.HTTPStatus.OK, self.stats_report(), request.cors)
 
     def stats_report(self) -> StatsReport:
         by_stream: Counter[str] = Counter({"portfolio": 0, "ingest": 0, "admin": 0})
@@ -320,7 +430,12 @@ class StreamServer:
                     ws,
                     decode=decode,
                     handle=handle,
-                    messages_per_s=self.config.max_messages_per_s,
+                    # A relay publishes one tick per message: services get their own, higher rate.
+                    messages_per_s=(
+                        self.config.ingest_rate
+                        if admission.stream == "ingest"
+                        else self.config.max_messages_per_s
+                    ),
                     describe=admission.stream,
                 )
         finally:
@@ -338,11 +453,22 @@ class StreamServer:
             )
 
     async def _ingest(self, message: Publish | Prices) -> Ack:
+        try:
+            return await self._apply_ingest(message)
+        except StorageError as exc:
+            # The ledger rolled back: the publisher may send the same message again.
+            raise MessageError(
+                "unavailable",
+                f"the server could not store this message ({exc.cause}); nothing changed: retry with backoff",
+                message.id,
+            ) from None
+
+    async def _apply_ingest(self, message: Publish | Prices) -> Ack:
         now = asyncio.get_running_loop().time()
         if isinstance(message, Publish):
-            seqs = self.ledger.publish(message.user_id, message.events, now)
+            published = self.ledger.publish(message.user_id, message.events, now)
             self.stats.events_in += len(message.events)
-            return Ack(id=message.id, seqs=seqs)
+            return Ack(id=message.id, seqs=published.seqs, duplicates=published.duplicates)
         self.ledger.prices(message.prices, now)
         self.stats.events_in += len(message.prices)
         self._remark_due()
@@ -371,9 +497,22 @@ class StreamServer:
     def _remark(self, *, everyone: bool = False, limit: int | None = None) -> None:
         try:
             self.ledger.remark(asyncio.get_running_loop().time(), everyone=everyone, limit=limit)
-        except Exception:
-            # The marks are kept (the engine took them back); their holders' turn comes again.
+        except StorageError:
+            pass  # the marks are kept, as below; _storage_outcome logs each cause once
+        except Exception as exc:
+            # The marks are kept (the engine took them back); their holders' turn comes again, and
+            # the same failure with it: logged with its traceback once, then counted. (A user whose
+            # own re-mark raises is left out by the ledger and does not get here.)
+            cause = f"{type(exc).__name__}: {exc}"
+            if self._remark_failure is not None and self._remark_failure[0] == cause:
+                self._remark_failure = (cause, self._remark_failure[1] + 1)
+                return
+            self._remark_failure = (cause, 1)
             log.exception("event=remark_failed")
+        else:
+            if self._remark_failure is not None:
+                log.warning("event=remark_recovered failures=%d", self._remark_failure[1])
+                self._remark_failure = None
 
     async def _admin(self, message: SetStreaming | GetStats) -> Ack | Stats:
         if isinstance(message, SetStreaming):

@@ -27,7 +27,7 @@ from .auth import UsersFileError, UsersFileWatcher, load_users_file, save_users_
 from .config import AlpacaFlags, ServeOptions, ServerConfig, SimulatorOptions, option_of
 from .logs import configure_logging
 from .sources import Source
-from .store import StateError, open_store
+from .store import StateDirLock, StateError, StateStore, open_store
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -138,12 +138,17 @@ def run(args: argparse.Namespace) -> int:
     serve = options_from(ServeOptions, args)
     configure_logging(serve.log_level)
     demo_token: str | None = None
+    source: Source | None = None
     try:
         if config.source == "sim":
             demo_token = ensure_demo_user(config.users_file)
+            source = simulator_source(args)
+        elif config.source == "alpaca":
+            source = alpaca_source_from(args)
         watcher = UsersFileWatcher(config.users_file)
-        store = open_store(None if serve.no_state else serve.state_dir, reset=serve.reset_state)
-    except (UsersFileError, StateError) as exc:
+        # Taken before anything in the state dir is read; it is this process's until it exits.
+        lock = None if serve.no_state else StateDirLock(serve.state_dir)
+    except (UsersFileError, StateError, ValueError) as exc:
         print(f"alphaflow-live serve: {exc}", file=sys.stderr)
         return 2
     if len(watcher.store) == 0:
@@ -152,17 +157,17 @@ def run(args: argparse.Namespace) -> int:
             f"'alphaflow-live users add NAME --users-file {config.users_file}'",
             file=sys.stderr,
         )
-    server = StreamServer(config, watcher, store)
-    if config.source == "sim":
-        server.add_source("sim", simulator_source(args))
-    elif config.source == "alpaca":
-        try:
-            server.add_source("alpaca", alpaca_source_from(args))
-        except ValueError as exc:
-            print(f"alphaflow-live serve: {exc}", file=sys.stderr)
-            return 2
+
+    def open_state() -> StateStore:
+        return open_store(serve.state_dir, reset=serve.reset_state)
+
+    server = StreamServer(config, watcher, open_state=None if lock is None else open_state)
+    if source is not None:
+        server.add_source(config.source, source)
 
     def ready(server: StreamServer) -> None:
+        if lock is not None:
+            lock.record_holder()  # only now: a start that fails leaves the lock file as it was
         url = f"ws://{config.host}:{server.port}{PORTFOLIO_PATH}"
         if config.source == "sim":
             token = (
@@ -178,12 +183,18 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(server.run_until_signalled(on_ready=ready))
+    except StateError as exc:
+        print(f"alphaflow-live serve: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(
             f"alphaflow-live serve: cannot listen on {config.host}:{config.port}: {exc.strerror}",
             file=sys.stderr,
         )
         return 1
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 

@@ -317,7 +317,8 @@ async def test_a_long_history_is_checkpointed_pruned_and_restored_after_a_kill(s
 
 
 async def resume_reply(client: StreamClient, epoch: str, seq: int) -> tuple[Subscribed, Batch | Snapshot]:
-    """The subscribed reply to a resume, and the batch or snapshot that follows it."""
+    """The subscribed reply to a resume, and the batch or snapshot that follows it (after the
+    ``resume_unavailable`` error, when the resume point could not be served)."""
     await send(client.ws, {"type": "subscribe", "id": 9, "resume": {"epoch": epoch, "seq": seq}})
     subscribed = await recv_until(client.ws, lambda m: isinstance(m, Subscribed))
-    return subscribed, await recv(client.ws)
+    return subscribed, await recv_until(client.ws, lambda m: isinstance(m, Batch | Snapshot))

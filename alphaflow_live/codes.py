@@ -22,6 +22,8 @@ SNAPSHOT_PATH: Final = "/api/portfolio/snapshot"
 STATS_PATH: Final = "/api/admin/websocket-stats"
 HEALTH_PATH: Final = "/healthz"
 METRICS_PATH: Final = "/metrics"
+# POST (with a user's bearer token) sets the session cookie for browsers; DELETE clears it.
+SESSION_PATH: Final = "/api/session"
 
 DEFAULT_URL: Final = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}{PORTFOLIO_PATH}"
 
@@ -56,3 +58,7 @@ class Refusal(enum.StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"  # 429: the per-user limit
     SERVER_FULL = "server_full"  # 503: the total limit
     STREAMING_DISABLED = "streaming_disabled"  # 503, with ``fallback``: the feature flag
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # 403: a browser page of another origin
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # 405, with ``Allow``
+    # No answer at all: the socket is closed at once, past the bound on unfinished handshakes.
+    TOO_MANY_PENDING = "too_many_pending"

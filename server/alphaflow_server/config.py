@@ -10,7 +10,8 @@ the sources, which this module does not import.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import argparse
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import Field, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import platformdirs
 
 from alphaflow_live.codes import DEFAULT_HOST, DEFAULT_PORT, INGEST_PATH
+
+from .admission import canonical_origin
 
 
 def default_users_file() -> Path:
@@ -53,6 +56,34 @@ def option_of(f: Field[Any]) -> Option:
     value = f.metadata.get(_OPTION, Option())
     assert isinstance(value, Option)
     return value
+
+
+class OriginError(ValueError, argparse.ArgumentTypeError):
+    """A value of ``--allowed-origins`` that is no origin (argparse shows this text as it is)."""
+
+
+class Origins(tuple[str, ...]):
+    """``--allowed-origins``: comma-separated origins, each kept as ``canonical_origin`` spells it."""
+
+    __slots__ = ()
+
+    def __new__(cls, text: str | Iterable[str] = "") -> Origins:
+        items = text.split(",") if isinstance(text, str) else text
+        origins = []
+        for item in (item.strip() for item in items):
+            if not item:
+                continue
+            origin = canonical_origin(item)
+            if origin is None:
+                raise OriginError(
+                    f"{item!r} is not an origin: give scheme://host[:port] (http or https, no path), "
+                    "for example https://dash.example.com"
+                )
+            origins.append(origin)
+        return super().__new__(cls, origins)
+
+    def __str__(self) -> str:
+        return ",".join(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +122,22 @@ class ServerConfig:
         default=100, metadata=option("WebSocket connections in all (portfolio, ingest, admin)")
     )
     max_per_user: int = field(default=5, metadata=option("portfolio connections per user"))
+    # Sockets that have not sent a whole HTTP request yet hold a file descriptor each;
+    # past the bound a new one is closed at once (None: a quarter of the open-file limit, at most 1024).
+    max_pending_handshakes: int | None = field(
+        default=None,
+        metadata=option(
+            "connections still in their opening handshake before new sockets are closed at once "
+            "(default: min(1024, open-file limit / 4))"
+        ),
+    )
+    allowed_origins: Origins = field(
+        default=Origins(),
+        metadata=option(
+            "browser origins besides the server's own that may connect and read the REST endpoints, "
+            "comma-separated (e.g. https://dash.example.com)"
+        ),
+    )
     heartbeat_s: float = field(
         default=15.0, metadata=option("seconds between pings; a silent peer is dropped after twice this")
     )
@@ -102,7 +149,13 @@ class ServerConfig:
         default=64 * 1024, metadata=option("largest inbound message; a larger one closes the connection")
     )
     max_messages_per_s: float = field(
-        default=100.0, metadata=option("inbound messages per second per connection before close 1008")
+        default=100.0,
+        metadata=option("inbound messages per second per portfolio or admin connection before close 1008"),
+    )
+    # A market-data relay sends one message per tick, far above what a notebook client sends.
+    ingest_rate: float = field(
+        default=10_000.0,
+        metadata=option(f"inbound messages per second per {INGEST_PATH} connection before close 1008"),
     )
     # A connection's queued frames beyond this are discarded for one snapshot.
     max_backlog_bytes: int = field(

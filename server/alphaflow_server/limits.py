@@ -1,12 +1,15 @@
-"""Connection limits, inbound rate limits and the outbound backlog bound (no I/O)."""
+"""Connection limits, inbound rates, the pending-handshake bound and the outbound backlog bound (no I/O)."""
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from alphaflow_live.codes import Refusal
+
+K = TypeVar("K", bound=Hashable)
 
 
 class TokenBucket:
@@ -78,6 +81,57 @@ class ConnectionLimiter:
             self.per_user[user_id] -= 1
             if self.per_user[user_id] <= 0:
                 del self.per_user[user_id]
+
+
+def default_pending_handshakes(open_file_limit: int) -> int:
+    """A quarter of the descriptors, at most 1024: the rest stay for open connections and files."""
+    return max(1, min(1024, open_file_limit // 4))
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival(Generic[K]):
+    """What to do with a new socket: keep it or close it, and which older ones to close first."""
+
+    admitted: bool
+    evicted: tuple[K, ...] = ()
+
+
+class PendingHandshakes(Generic[K]):
+    """Sockets accepted but still without a whole HTTP request, oldest first, at most ``bound``.
+
+    Each holds a file descriptor and nothing else shows for it, so a flood of
+    half-open sockets would take every descriptor (and good clients with them)
+    until the open timeout frees them. Past the bound, the oldest socket that
+    has waited ``evict_after_s`` gives its place to the new one, a shorter
+    open timeout that only applies under pressure; when even the oldest is
+    younger, the new socket is refused. A good client completes its request
+    within milliseconds, so it is never the oldest for long.
+    """
+
+    def __init__(self, bound: int, *, evict_after_s: float = 1.0) -> None:
+        if bound < 1:
+            raise ValueError("the pending-handshake bound must be at least 1")
+        self.bound = bound
+        self.evict_after_s = evict_after_s
+        self._since: OrderedDict[K, float] = OrderedDict()
+
+    def arrive(self, key: K, now: float) -> Arrival[K]:
+        evicted: tuple[K, ...] = ()
+        if len(self._since) >= self.bound:
+            oldest, since = next(iter(self._since.items()))
+            if now - since < self.evict_after_s:
+                return Arrival(False)
+            del self._since[oldest]
+            evicted = (oldest,)
+        self._since[key] = now
+        return Arrival(True, evicted)
+
+    def done(self, key: K) -> None:
+        """The socket sent its request, or went away; idempotent."""
+        self._since.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._since)
 
 
 @dataclass(slots=True)

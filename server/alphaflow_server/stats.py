@@ -7,14 +7,16 @@ metrics it is not asked for.
 
 from __future__ import annotations
 
+import platform
 import resource
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from alphaflow_live import __version__
 from alphaflow_live.metrics import LatencyHistogram
-from alphaflow_live.protocol import StatsReport
+from alphaflow_live.protocol import PROTOCOL_VERSION, StatsReport
 
 HealthStatus = Literal["healthy", "degraded", "offline"]
 
@@ -46,6 +48,33 @@ class Health:
     @property
     def reasons(self) -> list[str]:
         return [f"{name}: {reason}" for name, (_, reason) in sorted(self._components.items())]
+
+
+class FailureTally:
+    """Failures counted by cause since the last success: the first of each cause is the one to log."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        # When the first failure since the last success happened (as the caller spells time).
+        self.since: str | None = None
+
+    def add(self, cause: str, at: str) -> bool:
+        """Count one failure; True when it is the first of its cause."""
+        if not self._counts:
+            self.since = at
+        self._counts[cause] += 1
+        return self._counts[cause] == 1
+
+    @property
+    def total(self) -> int:
+        return self._counts.total()
+
+    def clear(self) -> int:
+        """Start over after a success; how many failures there were."""
+        total = self.total
+        self._counts.clear()
+        self.since = None
+        return total
 
 
 def rss_bytes() -> int:
@@ -114,12 +143,20 @@ class ServerStats:
 _PROMETHEUS_LATENCY_EDGES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
 
 
+def build_labels() -> dict[str, str]:
+    """What ``alphaflow_build_info`` says about the running server."""
+    return {"version": __version__, "protocol": str(PROTOCOL_VERSION), "python": platform.python_version()}
+
+
 class StatsCollector:
     """A prometheus_client collector that reads a StatsReport when scraped."""
 
-    def __init__(self, read: Any, histogram: LatencyHistogram) -> None:
+    def __init__(
+        self, read: Any, histogram: LatencyHistogram, pending_handshakes: Callable[[], int] | None = None
+    ) -> None:
         self._read = read
         self._histogram = histogram
+        self._pending_handshakes = pending_handshakes
 
     def describe(self) -> list[Any]:
         return []
@@ -132,6 +169,18 @@ class StatsCollector:
         )
 
         report: StatsReport = self._read()
+        labels = build_labels()
+        build = GaugeMetricFamily(
+            "alphaflow_build_info", "The server's version, protocol and Python; always 1", labels=list(labels)
+        )
+        build.add_metric(list(labels.values()), 1.0)
+        yield build
+        if self._pending_handshakes is not None:
+            pending = GaugeMetricFamily(
+                "alphaflow_pending_handshakes", "Sockets accepted that have not sent a whole request yet"
+            )
+            pending.add_metric([], self._pending_handshakes())
+            yield pending
         up = GaugeMetricFamily("alphaflow_up", "1 healthy, 0.5 degraded, 0 offline")
         up.add_metric([], {"healthy": 1.0, "degraded": 0.5}.get(report.health, 0.0))
         yield up

@@ -57,15 +57,65 @@ async def test_over_100_messages_a_second_closes_with_1008_rate_limit(shared_ser
     assert await closed_with(client.ws) == (1008, "rate limit")
 
 
-async def test_the_ingest_stream_is_rate_limited_too(shared_server, tokens: Tokens) -> None:
-    publisher = await Publisher.connect(shared_server.ws_base, tokens.service)
+def tick(i: int) -> dict[str, object]:
+    return {
+        "type": "prices",
+        "id": i,
+        "prices": [{"symbol": "RELAY", "price": f"{100 + i % 50}.25", "ts": ev.TS}],
+    }
 
-    for i in range(150):
-        await send(
-            publisher.ws, {"type": "prices", "id": i, "prices": [{"symbol": "X", "price": "1", "ts": ev.TS}]}
-        )
+
+async def test_a_relay_at_1000_messages_a_second_for_2_s_is_not_closed_and_every_message_is_acked(
+    shared_server, tokens: Tokens
+) -> None:
+    publisher = await Publisher.connect(shared_server.ws_base, tokens.service)
+    rate, seconds = 1000, 2.0
+    total = int(rate * seconds)
+    acked: set[int] = set()
+
+    async def read_acks() -> None:
+        # Read while sending, as a relay does, so neither side's buffers stall the other.
+        while len(acked) < total:
+            reply = json.loads(await publisher.ws.recv())
+            assert reply["type"] == "ack", f"expected an ack, got {reply}"
+            acked.add(reply["id"])
+
+    async def send_ticks() -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(total):
+            due = started + i / rate
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())  # pacing the relay, not waiting on a condition
+            await send(publisher.ws, tick(i))
+
+    async with asyncio.timeout(20):
+        await asyncio.gather(read_acks(), send_ticks())
+
+    assert acked == set(range(total))
+    assert publisher.ws.close_code is None, f"closed with {publisher.ws.close_code}"
+
+
+async def test_the_ingest_stream_is_closed_1008_past_its_ingest_rate(start_server, tokens: Tokens) -> None:
+    server = start_server("--ingest-rate", "200")
+    publisher = await Publisher.connect(server.ws_base, tokens.service)
+
+    for i in range(600):
+        await send(publisher.ws, tick(i))
 
     assert await closed_with(publisher.ws) == (1008, "rate limit")
+
+
+async def test_the_ingest_rate_leaves_the_portfolio_stream_at_100_a_second(
+    start_server, tokens: Tokens
+) -> None:
+    server = start_server("--ingest-rate", "100000")
+    client = await StreamClient.connect(server.ws_base, tokens.bob)
+
+    for i in range(150):
+        await send(client.ws, {"type": "ping", "id": i})
+
+    assert await closed_with(client.ws) == (1008, "rate limit")
 
 
 async def slow_reader(server, tokens: Tokens) -> StreamClient:

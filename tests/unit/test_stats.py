@@ -192,3 +192,59 @@ def test_report_carries_counters_health_and_string_close_codes() -> None:
     assert report.disconnects_by_code == {"1000": 1, "1001": 3}
     assert report.memory_rss_bytes > 0
     assert report.latency_ms.count == 0
+
+
+# ------------------------------------------------------------ /metrics (defect 13)
+
+
+def scrape(pending: int | None = None) -> str:
+    from alphaflow_server.http_api import MetricsEndpoint
+    from alphaflow_server.stats import StatsCollector
+
+    stats = ServerStats(started_at=0.0, handshakes_refused=Counter({"too_many_pending": 3}))
+
+    def read() -> object:
+        return stats.report(
+            now=1.0,
+            health=Health(),
+            streaming_enabled=True,
+            connections_by_stream={"portfolio": 0},
+            connections_per_user={},
+        )
+
+    collector = StatsCollector(read, stats.latency, None if pending is None else (lambda: pending))
+    response = MetricsEndpoint(collector).response()
+    assert response.status_code == 200
+    return bytes(response.body or b"").decode()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_max_fds"],
+)
+def test_metrics_carry_the_process_metrics(name: str) -> None:
+    assert f"\n{name} " in scrape(), f"{name} missing from /metrics"
+
+
+def test_metrics_carry_build_info_with_version_protocol_and_python() -> None:
+    import platform
+
+    import alphaflow_live
+
+    expected = (
+        f'alphaflow_build_info{{protocol="1",python="{platform.python_version()}",'
+        f'version="{alphaflow_live.__version__}"}} 1.0'
+    )
+
+    assert expected in scrape().splitlines()
+
+
+def test_metrics_carry_the_platform_collectors_python_info() -> None:
+    assert "python_info{" in scrape()
+
+
+def test_metrics_carry_pending_handshakes_and_their_refusals() -> None:
+    text = scrape(pending=7).splitlines()
+
+    assert "alphaflow_pending_handshakes 7.0" in text
+    assert 'alphaflow_handshakes_refused_total{reason="too_many_pending"} 3.0' in text

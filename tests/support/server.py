@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from alphaflow_server.auth import TokenStore, save_users_file
 
@@ -116,3 +117,11 @@ class ServerProcess:
                 # The port may linger briefly after the previous process exited.
                 if time.monotonic() > deadline:
                     raise
+
+
+class StartServer(Protocol):
+    """The ``start_server`` fixture (tests/conftest.py): a server with extra flags, stopped after the test."""
+
+    def __call__(
+        self, *args: str, users_file: Path | None = None, env: dict[str, str] | None = None
+    ) -> ServerProcess: ...

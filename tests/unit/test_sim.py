@@ -92,3 +92,19 @@ def test_prices_stay_positive_and_on_the_cent() -> None:
             for tick in message.prices:
                 assert tick.price > 0
                 assert tick.price == tick.price.quantize(Decimal("0.01"))
+
+
+def test_a_restarted_simulator_never_reuses_its_predecessors_fill_or_order_ids() -> None:
+    def ids(start: float) -> set[str]:
+        simulator = MarketSimulator(SimConfig(seed=3, users=("demo",), order_rate=50.0), start_time=start)
+        found: set[str] = set()
+        for message in [*simulator.opening(), *(m for _ in range(400) for m in simulator.step())]:
+            if isinstance(message, Publish):
+                found |= {e.data.id for e in message.events if isinstance(e, FillEvent | OrderEvent)}
+        return found
+
+    first, second = ids(1_767_000_000.0), ids(1_767_000_060.0)
+
+    assert first and second, "the runs traded"
+    assert first.isdisjoint(second), "fill ids are idempotency keys: a reused one would be dropped"
+    assert ids(1_767_000_000.0) == first, "the same start and seed give the same ids"

@@ -9,11 +9,13 @@ on /ws/ingest. The reads answer from the server's current state.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Protocol
 
-from alphaflow_live.protocol import Ack, Prices, Publish
+from alphaflow_live.protocol import Ack, MessageError, Prices, Publish
 
 from ..bus import EventBus
 from ..engine import PortfolioEngine
@@ -22,7 +24,12 @@ from ..stats import Health, HealthStatus
 
 class SourcePort(Protocol):
     def ingest(self, message: Publish | Prices) -> Awaitable[Ack]:
-        """Publish as /ws/ingest does; the ack says which seqs (and duplicates) it became."""
+        """Publish as /ws/ingest does; the ack says which seqs (and duplicates) it became.
+
+        While the server cannot store (``unavailable``: a full disk), it waits and
+        tries again: a source has nowhere else to keep its events. Any other
+        refusal (an invalid message) raises ``MessageError``.
+        """
         ...
 
     def holdings(self, user_id: str) -> frozenset[str]:
@@ -42,6 +49,12 @@ class SourcePort(Protocol):
 
 Source = Callable[[SourcePort], Awaitable[None]]
 
+log = logging.getLogger("alphaflow.server.sources")
+
+# Waits between tries while the server cannot store: from a tenth of a second, doubling, to this.
+RETRY_FIRST_S = 0.1
+RETRY_CAP_S = 5.0
+
 
 class ServerPort:
     """The SourcePort of a StreamServer: its ingest path and the reads a source needs."""
@@ -52,14 +65,33 @@ class ServerPort:
         engine: PortfolioEngine,
         bus: EventBus,
         health: Health,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._ingest = ingest
         self._engine = engine
         self._bus = bus
         self._health = health
+        self._sleep = sleep
 
-    def ingest(self, message: Publish | Prices) -> Awaitable[Ack]:
-        return self._ingest(message)
+    async def ingest(self, message: Publish | Prices) -> Ack:
+        delay = RETRY_FIRST_S
+        waited = False
+        while True:
+            try:
+                ack = await self._ingest(message)
+            except MessageError as exc:
+                if exc.code != "unavailable":
+                    raise
+                if not waited:
+                    log.warning("event=source_waiting reason=%r retry_s=%.1f", exc.message, delay)
+                    waited = True
+                await self._sleep(delay)
+                delay = min(delay * 2, RETRY_CAP_S)
+                continue
+            if waited:
+                log.info("event=source_resumed")
+            return ack
 
     def holdings(self, user_id: str) -> frozenset[str]:
         return frozenset(self._engine.book(user_id).holdings)

@@ -119,6 +119,10 @@ class MarketSimulator:
         self._by_name = {s.name: s for s in self._symbols}
         self._traders = {user: _Trader(user) for user in config.users}
         self._ids = itertools.count(1)
+        # Fill ids are idempotency keys and order ids upsert: a run restarted on the same state must
+        # not reuse its predecessor's. The start time (ms, base 36) tells runs apart and keeps a
+        # seeded run reproducible.
+        self._run = _base36(int(start_time * 1000))
         self._steps = 0
 
     def skip_to(self, when: float) -> None:
@@ -272,7 +276,7 @@ class MarketSimulator:
     def _new_order(
         self, trader: _Trader, symbol: str, side: str, qty: Decimal, kind: str, limit: Decimal | None
     ) -> _Order:
-        order_id = f"sim-{trader.user_id}-{next(self._ids):06d}"
+        order_id = f"sim-{trader.user_id}-{self._run}-{next(self._ids):06d}"
         ts = format_timestamp(self.now)
         data = Order(
             id=order_id, client_order_id=f"c-{order_id}", symbol=symbol, side=side,  # type: ignore[arg-type]
@@ -299,8 +303,8 @@ class MarketSimulator:
         if done and order in trader.orders:
             trader.orders.remove(order)
         fill = Fill(
-            id=f"fill-{next(self._ids):08d}", order_id=data.id, symbol=data.symbol, side=data.side, qty=qty,
-            price=price, position_qty=position_qty, timestamp=ts,
+            id=f"fill-{self._run}-{next(self._ids):08d}", order_id=data.id, symbol=data.symbol,
+            side=data.side, qty=qty, price=price, position_qty=position_qty, timestamp=ts,
         )  # fmt: skip
         order.data = self._order_update(
             order,
@@ -315,6 +319,16 @@ class MarketSimulator:
     @staticmethod
     def _order_update(order: _Order, status: str, ts: str, **changes: object) -> Order:
         return msgspec.structs.replace(order.data, status=status, updated_at=ts, **changes)
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, digit = divmod(number, 36)
+        out = digits[digit] + out
+        if not number:
+            return out
 
 
 async def run_simulator(

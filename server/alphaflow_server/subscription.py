@@ -2,9 +2,9 @@
 
 The rules, as PROTOCOL.md states them, that this class keeps:
 
-* ``subscribed`` is the first frame after every ``subscribe`` (an unusable
-  resume point is answered ``resume_unavailable`` just before it); then either
-  a ``snapshot`` or the recovered batches, never both. What was missed goes out
+* ``subscribed`` is the first frame after every ``subscribe``; then either a
+  ``snapshot`` (after ``resume_unavailable`` when a resume point could not be
+  served) or the recovered batches, never both. What was missed goes out
   as contiguous batches of at most ``replay_chunk_bytes`` of events each (one,
   possibly empty, for a short range): the first with the answer, the rest one
   at a time as the socket takes them (``next_replay``), so a large range never
@@ -111,11 +111,10 @@ class Subscription:
             self._replay = (resume.seq, journal.seq)
             return [Subscribed(channels=channels, recovered=True), *self.next_replay(stream, server_time)]
         self._replay = None
-        out: list[Outgoing] = [] if resume is None else [_resume_unavailable(resume, stream, message.id)]
-        out += [
-            Subscribed(channels=channels, recovered=False),
-            stream.state.to_snapshot(server_time, channels),
-        ]
+        out: list[Outgoing] = [Subscribed(channels=channels, recovered=False)]
+        if resume is not None:
+            out.append(_resume_unavailable(resume, stream, message.id))
+        out.append(stream.state.to_snapshot(server_time, channels))
         return out
 
     def next_replay(self, stream: UserStream, server_time: str) -> list[Outgoing]:

@@ -173,10 +173,10 @@ async def test_an_unusable_resume_point_gets_resume_unavailable_and_a_snapshot(
     resume = {**resume, "epoch": resume["epoch"] or client.welcome.epoch}
 
     await send(client.ws, {"type": "subscribe", "id": 5, "resume": resume})
-    error, subscribed, snapshot = [await recv(client.ws) for _ in range(3)]
+    subscribed, error, snapshot = [await recv(client.ws) for _ in range(3)]
 
+    assert isinstance(subscribed, Subscribed) and subscribed.recovered is False, "subscribed comes first"
     assert isinstance(error, Error) and (error.code, error.ref) == ("resume_unavailable", 5)
-    assert isinstance(subscribed, Subscribed) and subscribed.recovered is False
     assert isinstance(snapshot, Snapshot)
     await client.close()
 

@@ -129,10 +129,13 @@ class StreamClient:
         reply = await recv_until(
             self.ws, lambda m: getattr(m, "channels", None) is not None or isinstance(m, Error)
         )
-        if isinstance(reply, Error):
+        if isinstance(reply, Error):  # refused outright (an invalid channel): nothing follows
             self.errors.append(reply)
-            reply = await recv_until(self.ws, lambda m: getattr(m, "channels", None) is not None)
-        await self.pump_one()  # the snapshot or the recovered batch that follows
+            return reply
+        # The snapshot (after resume_unavailable, when the resume point could not be served) or the
+        # recovered batch that follows.
+        while isinstance(await self.pump_one(), Error):
+            pass
         return reply
 
     def apply(self, message: Any) -> None:
@@ -226,3 +229,32 @@ def state_of(snapshot: Snapshot) -> PortfolioState:
 
 def same_portfolio(a: PortfolioState, b: PortfolioState) -> bool:
     return (a.positions, a.orders, a.account) == (b.positions, b.orders, b.account)
+
+
+async def health(http_base: str) -> dict[str, Any]:
+    """``/healthz``'s JSON body (its status line too: HTTP 503 is a valid answer when offline)."""
+    status, body, _ = await asyncio.to_thread(http_get, f"{http_base}/healthz")
+    assert status in (200, 503), f"healthz: HTTP {status} {body!r}"
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+async def history(base: str, token: str, epoch: str, through_seq: int) -> StreamClient:
+    """A stream resumed from seq 0 up to ``through_seq``: every event the user's journal holds, in order.
+
+    Its ``fill_ids`` list every fill event the stream carried (a fill applied twice shows twice).
+    """
+    client = await StreamClient.connect(base, token)
+    client.state.epoch, client.state.seq = epoch, 0
+    reply = await client.subscribe(resume={"epoch": epoch, "seq": 0})
+    assert reply.recovered is True, (
+        f"the journal no longer holds every event since seq 0 (epoch {epoch}): {reply}; "
+        "keep the test's history under the server's retention"
+    )
+    await client.pump_until_seq(through_seq)
+    return client
+
+
+def without_server_time(snapshot: Snapshot) -> Snapshot:
+    """The snapshot with its ``server_time`` blanked: two snapshots of one state then compare equal."""
+    return msgspec.structs.replace(snapshot, server_time="")

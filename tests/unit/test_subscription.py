@@ -182,18 +182,18 @@ def test_a_resume_at_the_current_seq_recovers_an_empty_batch() -> None:
     assert out == [Subscribed(channels=list(CHANNELS), recovered=True), PendingBatch(6, 6, [], 0, None)]
 
 
-def test_a_resume_of_another_epoch_gets_resume_unavailable_then_subscribed_then_a_snapshot() -> None:
+def test_a_resume_of_another_epoch_gets_subscribed_then_resume_unavailable_then_a_snapshot() -> None:
     _, stream = stream_with(mixed())
 
     out = Subscription(window_s=WINDOW).subscribe(Subscribe(id=4, resume=ResumePoint("e-old", 3)), stream, TS)
 
     assert out == [
+        Subscribed(channels=list(CHANNELS), recovered=False),
         Error(
             code="resume_unavailable",
             message="epoch 'e-old' is not the current epoch 'e-1'; a snapshot follows",
             ref=4,
         ),
-        Subscribed(channels=list(CHANNELS), recovered=False),
         stream.state.to_snapshot(TS),
     ]
 
@@ -204,8 +204,8 @@ def test_a_resume_past_the_current_seq_gets_resume_unavailable(seq: int) -> None
 
     out = Subscription(window_s=WINDOW).subscribe(Subscribe(id=4, resume=ResumePoint(EPOCH, seq)), stream, TS)
 
-    assert kinds(out) == ["Error", "Subscribed", "Snapshot"]
-    assert out[0] == Error(
+    assert kinds(out) == ["Subscribed", "Error", "Snapshot"]
+    assert out[1] == Error(
         code="resume_unavailable",
         message=f"seq {seq} is outside the replayable range 0..6; a snapshot follows",
         ref=4,
@@ -218,12 +218,12 @@ def test_a_resume_older_than_the_replay_buffer_gets_resume_unavailable() -> None
 
     out = Subscription(window_s=WINDOW).subscribe(Subscribe(id=4, resume=ResumePoint(EPOCH, 2)), stream, TS)
 
-    assert out[0] == Error(
+    assert out[1] == Error(
         code="resume_unavailable",
         message="seq 2 is outside the replayable range 3..6; a snapshot follows",
         ref=4,
     )
-    assert kinds(out[1:]) == ["Subscribed", "Snapshot"]
+    assert kinds(out) == ["Subscribed", "Error", "Snapshot"]
 
 
 def test_a_resume_with_an_invalid_channel_is_only_invalid_channel() -> None:
@@ -527,7 +527,7 @@ def test_recovered_and_later_batches_give_the_state_of_a_snapshot(
     drain(subscription, client, now + 10)
 
     assert kinds(out) == (
-        ["Subscribed", "PendingBatch"] if recovered else ["Error", "Subscribed", "Snapshot"]
+        ["Subscribed", "PendingBatch"] if recovered else ["Subscribed", "Error", "Snapshot"]
     )
     assert client.state.seq == subscription.heartbeat_seq(stream)
     if stream.journal.can_resume(EPOCH, client.state.seq):

@@ -27,7 +27,9 @@ from .auth import UsersFileError, UsersFileWatcher, load_users_file, save_users_
 from .config import AlpacaFlags, ServeOptions, ServerConfig, SimulatorOptions, option_of
 from .logs import configure_logging
 from .sources import Source
-from .store import StateDirLock, StateError, StateStore, open_store
+from .sqlite_store import open_store
+from .statedir import StateDirLock
+from .store import StateError, StateStore
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

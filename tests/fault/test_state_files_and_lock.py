@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from alphaflow_server.store import DB_NAME
+from alphaflow_server.sqlite_store import DB_NAME
 from tests.support import events as ev
 from tests.support.book_model import channels
 from tests.support.cli import attempt_serve

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from alphaflow_live.protocol import Ack, Error, Pong, PositionClosedEvent, encode
-from alphaflow_server.store import DB_NAME
+from alphaflow_server.sqlite_store import DB_NAME
 from tests.support import events as ev
 from tests.support.client import Publisher, StreamClient, open_ws, recv, rest_snapshot, send
 from tests.support.server import ServerProcess, Tokens

@@ -21,7 +21,8 @@ from alphaflow_server.bus import EventBus, JournalOptions
 from alphaflow_server.engine import PortfolioEngine
 from alphaflow_server.fill_ids import AppliedFills
 from alphaflow_server.ledger import Ledger
-from alphaflow_server.store import DB_NAME, MemoryStore, SqliteStore, StateStore
+from alphaflow_server.sqlite_store import DB_NAME, SqliteStore
+from alphaflow_server.store import MemoryStore, StateStore
 
 from .factories import D, account, fill, position, tick, ts
 

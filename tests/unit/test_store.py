@@ -11,16 +11,9 @@ import msgspec
 import pytest
 
 from alphaflow_live.protocol import Event, FillEvent, encode
-from alphaflow_server.store import (
-    DB_NAME,
-    SCHEMA_VERSION,
-    Commit,
-    SqliteStore,
-    StateDirInUse,
-    StateDirLock,
-    StateError,
-    StorageError,
-)
+from alphaflow_server.sqlite_store import DB_NAME, SCHEMA_VERSION, SqliteStore
+from alphaflow_server.statedir import StateDirLock
+from alphaflow_server.store import Commit, StateDirInUse, StateError, StorageError
 
 from .factories import fill, position, stamp
 

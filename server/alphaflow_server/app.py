@@ -52,22 +52,17 @@ from .http_api import (
     refusal,
     session_response,
 )
+from .ingest import Ingest
 from .ledger import Ledger
 from .limits import ConnectionLimiter, PendingHandshakes
 from .logs import throttle_accept_errors
 from .rpc import serve_requests
 from .session import PortfolioSession
 from .sources import ServerPort, Source
-from .stats import FailureTally, Health, ServerStats, StatsCollector
+from .stats import Health, ServerStats, StatsCollector
 from .store import MemoryStore, Quarantined, StateError, StateStore, StorageError
 
 log = logging.getLogger("alphaflow.server")
-
-
-# How close together re-mark turns may be and still share one wake-up of the event loop.
-REMARK_GRANULARITY_S = 0.005
-# Users re-marked in one go (a few milliseconds of work) before the event loop serves others.
-REMARK_SLICE_USERS = 25
 
 
 def deflate() -> ServerPerMessageDeflateFactory:
@@ -101,7 +96,6 @@ class StreamServer:
         self.config = config
         self._open_state = open_state
         self._started = False
-        self._storage_failures = FailureTally()
         self.users = users
         self.bus = EventBus(
             new_epoch=new_epoch,
@@ -113,6 +107,7 @@ class StreamServer:
         )
         self.stats = ServerStats(started_at=time.monotonic())
         self.health = Health()
+        self.ingest = Ingest(self.ledger, health=self.health, stats=self.stats)
         self.limiter = ConnectionLimiter(max_total=config.max_connections, max_per_user=config.max_per_user)
         self.sessions: dict[ServerConnection, PortfolioSession] = {}
         self.streaming_enabled = True
@@ -133,9 +128,6 @@ class StreamServer:
             )
         )
         self.port: int | None = None
-        self._remark_timer: asyncio.Handle | None = None
-        # The last re-mark failure logged, and how many like it followed: logged once per cause.
-        self._remark_failure: tuple[str, int] | None = None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -185,7 +177,7 @@ class StreamServer:
         config = self.config
         if self._open_state is not None:
             self.ledger.store = self._open_state()
-        self.ledger.store.observe(self._storage_outcome)
+        self.ledger.store.observe(self.ingest.storage_outcome)
         loaded = self.ledger.store.load()
         try:
             restored = self.ledger.restore(
@@ -202,7 +194,7 @@ class StreamServer:
         if restored.users:
             log.info("event=state_restored users=%d", restored.users)
         self._report_quarantine([*loaded.quarantined, *restored.quarantined])
-        self._remark_due()
+        self.ingest.remark_due()
         if not config.disable_streaming and loaded.meta.get("streaming_enabled") == "false":
             self.set_streaming(False)
 
@@ -217,23 +209,6 @@ class StreamServer:
             "degraded",
             f"{len(entries)} stored row set(s) could not be applied and were quarantined ({shown}{more}); "
             "everything else is served. See the quarantine table (docs/operations.md, Quarantined rows)",
-        )
-
-    def _storage_outcome(self, failure: StorageError | None) -> None:
-        """Health and logs follow the store's writes: degraded from a failed write until one
-        succeeds; each cause is logged once, and the count when writes succeed again."""
-        tally = self._storage_failures
-        if failure is None:
-            log.warning("event=storage_recovered failed_writes=%d", tally.clear())
-            self.health.set("storage", "healthy")
-            return
-        if tally.add(failure.cause, format_timestamp(time.time())):
-            log.error("event=storage_failed reason=%r", str(failure))  # once per cause; recovery: the count
-        self.health.set(
-            "storage",
-            "degraded",
-            f"writes to the state file fail ({failure.cause}); {tally.total} write(s) failed since "
-            f"{tally.since}: publishes answer 'unavailable' until a write succeeds",
         )
 
     async def close(self) -> None:
@@ -254,9 +229,8 @@ class StreamServer:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
-        if self._remark_timer is not None:
-            self._remark_timer.cancel()
-        self._remark(everyone=True)  # so the journal holds every mark that was acknowledged
+        self.ingest.cancel()
+        self.ingest.remark(everyone=True)  # so the journal holds every mark that was acknowledged
         self.ledger.checkpoint_all()
         self.ledger.store.close()
         log.info("event=stopped")
@@ -284,7 +258,7 @@ class StreamServer:
     async def ingest_local(self, message: Publish | Prices) -> Ack:
         """Ingest a message from an in-process source through the same path as /ws/ingest
         (encoded and decoded, so it is validated exactly as a remote publisher's would be)."""
-        return await self._ingest(decode_ingest_message(encode(message)))
+        return await self.ingest.handle(decode_ingest_message(encode(message)))
 
     async def _run_source(self, name: str, run: Source) -> None:
         try:
@@ -421,7 +395,7 @@ class StreamServer:
                     chosen_code = session.close_code
             else:
                 route: tuple[Callable[[str], Any], Callable[[Any], Awaitable[Any]]] = (
-                    (decode_ingest_message, self._ingest)
+                    (decode_ingest_message, self.ingest.handle)
                     if admission.stream == "ingest"
                     else (decode_admin_message, self._admin)
                 )
@@ -451,68 +425,6 @@ class StreamServer:
                 code,
                 time.monotonic() - admission.opened_at,
             )
-
-    async def _ingest(self, message: Publish | Prices) -> Ack:
-        try:
-            return await self._apply_ingest(message)
-        except StorageError as exc:
-            # The ledger rolled back: the publisher may send the same message again.
-            raise MessageError(
-                "unavailable",
-                f"the server could not store this message ({exc.cause}); nothing changed: retry with backoff",
-                message.id,
-            ) from None
-
-    async def _apply_ingest(self, message: Publish | Prices) -> Ack:
-        now = asyncio.get_running_loop().time()
-        if isinstance(message, Publish):
-            published = self.ledger.publish(message.user_id, message.events, now)
-            self.stats.events_in += len(message.events)
-            return Ack(id=message.id, seqs=published.seqs, duplicates=published.duplicates)
-        self.ledger.prices(message.prices, now)
-        self.stats.events_in += len(message.prices)
-        self._remark_due()
-        # The repriced positions belong to many users' sequences, and may follow a little later
-        # (each holder is re-marked at most once per mark interval): no seqs to report.
-        return Ack(id=message.id, seqs=[])
-
-    def _remark_due(self) -> None:
-        """Re-mark the holders whose turn has come, then wait for the next turn."""
-        if self._remark_timer is not None:
-            self._remark_timer.cancel()
-            self._remark_timer = None
-        loop = asyncio.get_running_loop()
-        due = self.ledger.next_remark()
-        if due is not None and due <= loop.time():
-            self._remark(limit=REMARK_SLICE_USERS)
-            due = self.ledger.next_remark()
-            if due is not None and due <= loop.time():
-                # More are due: let sends and other requests run in between.
-                self._remark_timer = loop.call_soon(self._remark_due)
-                return
-        if due is not None:
-            # Turns closer together than this share one wake-up, so one does not cost a loop pass each.
-            self._remark_timer = loop.call_at(max(due, loop.time() + REMARK_GRANULARITY_S), self._remark_due)
-
-    def _remark(self, *, everyone: bool = False, limit: int | None = None) -> None:
-        try:
-            self.ledger.remark(asyncio.get_running_loop().time(), everyone=everyone, limit=limit)
-        except StorageError:
-            pass  # the marks are kept, as below; _storage_outcome logs each cause once
-        except Exception as exc:
-            # The marks are kept (the engine took them back); their holders' turn comes again, and
-            # the same failure with it: logged with its traceback once, then counted. (A user whose
-            # own re-mark raises is left out by the ledger and does not get here.)
-            cause = f"{type(exc).__name__}: {exc}"
-            if self._remark_failure is not None and self._remark_failure[0] == cause:
-                self._remark_failure = (cause, self._remark_failure[1] + 1)
-                return
-            self._remark_failure = (cause, 1)
-            log.exception("event=remark_failed")
-        else:
-            if self._remark_failure is not None:
-                log.warning("event=remark_recovered failures=%d", self._remark_failure[1])
-                self._remark_failure = None
 
     async def _admin(self, message: SetStreaming | GetStats) -> Ack | Stats:
         if isinstance(message, SetStreaming):

@@ -18,7 +18,6 @@ from tests.support.client import (
     StreamClient,
     auth,
     handshake,
-    recv,
     recv_until,
     rest_snapshot,
     same_portfolio,

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -55,7 +55,7 @@ class PortfolioStream:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         token: str | None = None,
         *,
         channels: Iterable[str] = CHANNELS,
@@ -69,7 +69,7 @@ class PortfolioStream:
         connect_timeout_s: float = 10.0,
         start: bool = True,
     ) -> None:
-        self.url = url or os.environ.get("ALPHAFLOW_URL") or DEFAULT_URL
+        self.urls = server_urls(url)
         token = token or os.environ.get("ALPHAFLOW_TOKEN")
         if not token:
             raise AuthError(
@@ -103,7 +103,7 @@ class PortfolioStream:
         if self._connection is not None or self._stopping.is_set():
             return
         options = ConnectionOptions(
-            url=self.url,
+            urls=tuple(self.urls),
             token=self._token,
             channels=tuple(self.channels),
             poll_interval_s=self.poll_interval_s,
@@ -159,6 +159,11 @@ class PortfolioStream:
     @property
     def status(self) -> Status:
         return self._live.status
+
+    @property
+    def url(self) -> str:
+        """The server URL the stream uses: the one it streams from, or tried last (of ``urls``)."""
+        return self._live.url or self.urls[0]
 
     @property
     def status_reason(self) -> str:
@@ -312,18 +317,32 @@ class PortfolioStream:
         return self._live.apply(message)
 
 
-# The streams ``connect`` made, by (URL, token hash): re-running a notebook cell replaces its stream.
+def server_urls(url: str | Sequence[str] | None) -> list[str]:
+    """The stream URLs to use: ``url`` (one, a list, or comma-separated), else ``$ALPHAFLOW_URL``
+    (comma-separated for the nodes of a cluster), else the default."""
+    given = url if url is not None else os.environ.get("ALPHAFLOW_URL") or DEFAULT_URL
+    parts = given.split(",") if isinstance(given, str) else list(given)
+    urls = list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+    if not urls:
+        raise ValueError(f"no server URL in {given!r}: pass url=... or set ALPHAFLOW_URL")
+    return urls
+
+
+# The streams ``connect`` made, by (URLs, token hash): re-running a notebook cell replaces its stream.
 _connected: dict[tuple[str, str], weakref.ref[PortfolioStream]] = {}
 _connected_lock = threading.Lock()
 
 
-def connect(url: str | None = None, token: str | None = None, **options: Any) -> PortfolioStream:
+def connect(
+    url: str | Sequence[str] | None = None, token: str | None = None, **options: Any
+) -> PortfolioStream:
     """Start streaming the portfolio in the background and return at once.
 
-    ``url`` defaults to ``$ALPHAFLOW_URL`` (else ws://127.0.0.1:8765/ws/portfolio),
-    ``token`` to ``$ALPHAFLOW_TOKEN``. Options: ``channels``, ``poll_interval_s``,
-    ``freshness`` (FreshnessRules), ``max_fills``, ``backoff_base_s``,
-    ``backoff_cap_s``, ``fallback_after_failures``, ``connect_timeout_s``.
+    ``url`` defaults to ``$ALPHAFLOW_URL`` (else ws://127.0.0.1:8765/ws/portfolio); a list
+    (or a comma-separated string) names the nodes of a cluster, tried in a shuffled order and
+    resumed on whichever answers. ``token`` defaults to ``$ALPHAFLOW_TOKEN``. Options:
+    ``channels``, ``poll_interval_s``, ``freshness`` (FreshnessRules), ``max_fills``,
+    ``backoff_base_s``, ``backoff_cap_s``, ``fallback_after_failures``, ``connect_timeout_s``.
 
     Calling it again in the same process with the same URL and token closes the
     stream the previous call returned, so re-running ``live = afl.connect()`` in a
@@ -332,13 +351,13 @@ def connect(url: str | None = None, token: str | None = None, **options: Any) ->
     """
     start = options.pop("start", True)
     stream = PortfolioStream(url, token, start=False, **options)
-    key = (stream.url, hashlib.sha256(stream._token.encode()).hexdigest())
+    key = (",".join(stream.urls), hashlib.sha256(stream._token.encode()).hexdigest())
     with _connected_lock:
         previous = _connected.get(key)
         _connected[key] = weakref.ref(stream)
     earlier = None if previous is None else previous()
     if earlier is not None and not earlier.stopping:
-        log.info("alphaflow-live: closing the stream an earlier connect() made to %s", stream.url)
+        log.info("alphaflow-live: closing the stream an earlier connect() made to %s", ",".join(stream.urls))
         earlier.close()
     if start:
         stream.start()

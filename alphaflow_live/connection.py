@@ -29,6 +29,7 @@ from .tracking import (
     Apply,
     Attempt,
     Count,
+    Endpoints,
     Note,
     Outcome,
     Policy,
@@ -49,7 +50,8 @@ log = logging.getLogger("alphaflow_live")
 
 @dataclass(frozen=True, slots=True)
 class ConnectionOptions:
-    url: str
+    # Every node of the cluster (or the one server): tried in a shuffled order (``Endpoints``).
+    urls: Sequence[str]
     token: str
     channels: Sequence[str]
     poll_interval_s: float = 5.0
@@ -69,9 +71,11 @@ async def run_connection(options: ConnectionOptions, sink: StreamSink, stop: asy
         Backoff(base_s=options.backoff_base_s, cap_s=options.backoff_cap_s),
         fallback_after_failures=options.fallback_after_failures,
     )
+    endpoints = Endpoints(options.urls)
     warned = ""  # the last notable refusal logged at WARNING: one line per cause, not per retry
     while not stop.is_set():
-        attempt = await _stream_once(options, sink, stop)
+        sink.endpoint(endpoints.current)
+        attempt = await _stream_once(endpoints.current, options, sink, stop)
         if attempt.notable and attempt.reason != warned:
             log.warning("alphaflow-live: %s", attempt.reason)
             warned = attempt.reason
@@ -79,10 +83,13 @@ async def run_connection(options: ConnectionOptions, sink: StreamSink, stop: asy
         if isinstance(step, Stop):
             return
         sink.count("reconnects")
-        if isinstance(step, Poll):
-            if await _poll_for(options, sink, stop, step) is Outcome.FATAL:
-                return
-        elif isinstance(step, Reconnect):
+        if (
+            isinstance(step, Poll)
+            and await _poll_for(endpoints.current, options, sink, stop, step) is Outcome.FATAL
+        ):
+            return
+        endpoints.advance()  # the next attempt goes to another node, when there are several
+        if isinstance(step, Reconnect):
             sink.set_status("reconnecting", attempt.reason)
             await _sleep(stop, step.delay_s)
 
@@ -96,14 +103,16 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 # --------------------------------------------------------------------- stream
 
 
-async def _stream_once(options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event) -> Attempt:
+async def _stream_once(
+    url: str, options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event
+) -> Attempt:
     ws: ClientConnection | None = None
     streamed = False
     reason = ""
     tracker = Tracker(list(options.channels))
     try:
         ws = await connect(
-            options.url,
+            url,
             additional_headers=options.headers,
             open_timeout=options.connect_timeout_s,
             max_size=None,  # a snapshot of a large portfolio runs to megabytes
@@ -135,7 +144,7 @@ async def _stream_once(options: ConnectionOptions, sink: StreamSink, stop: async
     except ConnectionClosed as exc:
         reason = f"the connection closed ({exc})"
     except (OSError, TimeoutError, InvalidHandshake) as exc:
-        reason = f"cannot connect to {options.url}: {exc}"
+        reason = f"cannot connect to {url}: {exc}"
         log.info("alphaflow-live: %s", reason)
     except Exception:
         reason = "unexpected error in the stream (logged)"
@@ -186,12 +195,12 @@ def snapshot_url(stream_url: str) -> str:
 
 
 async def _poll_for(
-    options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event, step: Poll
+    url: str, options: ConnectionOptions, sink: StreamSink, stop: asyncio.Event, step: Poll
 ) -> Outcome | None:
     """Poll the snapshot for about ``step.duration_s`` (at least once), then let the stream be tried."""
     deadline = time.monotonic() + step.duration_s
     while not stop.is_set():
-        if await _poll_once(options, sink, step.reason) is Outcome.FATAL:
+        if await _poll_once(url, options, sink, step.reason) is Outcome.FATAL:
             return Outcome.FATAL
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -200,8 +209,10 @@ async def _poll_for(
     return Outcome.STOPPED
 
 
-async def _poll_once(options: ConnectionOptions, sink: StreamSink, reason: str) -> Outcome | None:
-    url = snapshot_url(options.url)
+async def _poll_once(
+    stream_url: str, options: ConnectionOptions, sink: StreamSink, reason: str
+) -> Outcome | None:
+    url = snapshot_url(stream_url)
     request = urllib.request.Request(url, headers=options.headers)  # noqa: S310 - ws(s) mapped to http(s)
 
     def fetch() -> bytes:

@@ -72,6 +72,8 @@ class LiveState:
         self.status: Status = "connecting"
         # Why the status is what it is, when that is worth saying ("" while live).
         self.status_reason = ""
+        # The server URL the stream is trying or streaming from (None before the first attempt).
+        self.url: str | None = None
         self.error: Exception | None = None
         self.last_data_at: float | None = None  # monotonic
         self.last_update: datetime | None = None
@@ -195,6 +197,9 @@ class LiveState:
     def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self.counters[name] += amount
+
+    def endpoint(self, url: str) -> None:
+        self.url = url
 
     # ------------------------------------------------------------- internals
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -97,6 +99,8 @@ class StreamSink(Protocol):
     def set_status(self, status: Status, reason: str = "") -> None: ...
     def fail(self, error: Exception) -> None: ...
     def count(self, name: str, amount: int = 1) -> None: ...
+    def endpoint(self, url: str) -> None:
+        """The URL the stream is trying, or streaming from."""
 
 
 # ------------------------------------------------------------------ messages
@@ -259,6 +263,36 @@ class Stop:
 
 
 Step = Reconnect | Poll | Stop
+
+
+class Endpoints:
+    """The server URLs a stream may use, tried in a shuffled order: the first attempt goes to a
+    random one (clients spread over the nodes of a cluster), and after a drop or a failure the
+    next attempt goes to the next one, reshuffled after each round and never the same twice in a
+    row (a dead node is left at once). Every node serves every user, with one epoch and seq, so
+    the stream resumes wherever it lands."""
+
+    def __init__(self, urls: Sequence[str], rng: random.Random | None = None) -> None:
+        if not urls:
+            raise ValueError("no server URL")
+        self.urls = tuple(urls)
+        self._rng = rng or random.Random()
+        self._round: list[str] = []
+        self.current = self._next()
+
+    def _next(self) -> str:
+        if not self._round:
+            previous = getattr(self, "current", None)
+            self._round = list(self.urls)
+            self._rng.shuffle(self._round)
+            if len(self._round) > 1 and self._round[-1] == previous:
+                self._round[0], self._round[-1] = self._round[-1], self._round[0]
+        return self._round.pop()
+
+    def advance(self) -> str:
+        """Move on to the next URL (after an attempt that did not keep streaming)."""
+        self.current = self._next()
+        return self.current
 
 
 class Policy:

@@ -1,8 +1,11 @@
-"""The notebook's view of connection problems: a re-run connect(), a per-user limit (issue 14, defect 12)."""
+"""The notebook's view of connection problems: a re-run connect(), a per-user limit, several nodes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import socket
 
 import pytest
 
@@ -82,3 +85,40 @@ async def test_a_stream_refused_by_the_per_user_limit_polls_and_says_why(
     await live.until(lambda live: live.status == "live", timeout=20)
     assert live.status_reason == ""
     live.close()
+
+
+async def test_a_client_given_several_urls_streams_from_one_that_answers_and_moves_when_it_dies(
+    start_server, tokens: Tokens
+) -> None:
+    first, second = start_server(), start_server()
+    dead = f"ws://127.0.0.1:{free_port()}/ws/portfolio"  # nothing listens there
+    urls = [dead, f"{first.ws_base}/ws/portfolio", f"{second.ws_base}/ws/portfolio"]
+    live = afl.connect(urls, tokens.alice, **FAST)
+    await live.until(lambda live: live.status == "live", timeout=20)
+    serving = first if live.url.startswith(first.ws_base) else second
+
+    await asyncio.to_thread(serving.stop, signal.SIGKILL)
+    await live.until(
+        lambda live: live.status == "live" and not live.url.startswith(serving.ws_base), timeout=20
+    )
+
+    other = second if serving is first else first
+    assert live.url.startswith(other.ws_base)
+    assert live.urls == urls
+    live.close()
+
+
+def test_alphaflow_url_may_name_every_node_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALPHAFLOW_URL", "ws://a:8765/ws/portfolio, ws://b:8765/ws/portfolio,")
+
+    live = afl.PortfolioStream(token="t", start=False)
+
+    assert live.urls == ["ws://a:8765/ws/portfolio", "ws://b:8765/ws/portfolio"]
+    live.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

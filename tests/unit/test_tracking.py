@@ -33,6 +33,7 @@ from alphaflow_live.tracking import (
     Apply,
     Attempt,
     Count,
+    Endpoints,
     Note,
     Outcome,
     Policy,
@@ -377,3 +378,40 @@ def test_a_position_event_in_a_batch_reaches_the_state_through_the_actions() -> 
     sink.carry_out(tracker.receive(batch(0, 1, events=stamp([position("AAPL", qty="5")])), sink.held()))
 
     assert sink.state.positions["AAPL"].qty == 5
+
+
+# ------------------------------------------------------------------ several servers
+
+
+def test_a_single_url_is_always_the_one_tried() -> None:
+    endpoints = Endpoints(["ws://a/ws/portfolio"])
+
+    assert {endpoints.advance() for _ in range(5)} == {"ws://a/ws/portfolio"}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 5), st.integers(0, 2**32))
+def test_several_urls_are_tried_in_shuffled_rounds_never_the_same_twice_in_a_row(
+    nodes: int, seed: int
+) -> None:
+    urls = [f"ws://node-{i}:8765/ws/portfolio" for i in range(nodes)]
+    endpoints = Endpoints(urls, rng=random.Random(seed))
+
+    tried = [endpoints.current, *(endpoints.advance() for _ in range(4 * nodes - 1))]
+
+    assert all(a != b for a, b in itertools.pairwise(tried)), "a dead node is left at once"
+    for start in range(0, len(tried), nodes):
+        assert sorted(tried[start : start + nodes]) == sorted(urls), "every node once a round"
+
+
+def test_the_first_url_tried_is_spread_over_the_nodes() -> None:
+    urls = [f"ws://node-{i}/ws/portfolio" for i in range(3)]
+
+    firsts = {Endpoints(urls, rng=random.Random(seed)).current for seed in range(30)}
+
+    assert firsts == set(urls)
+
+
+def test_no_url_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no server URL"):
+        Endpoints([])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .store import (
@@ -270,9 +270,7 @@ class SqliteStore:
         return LoadedState(users=users, prices=prices, meta=meta)
 
     def commit(self, commit: Commit) -> None:
-        db = self._db
-        try:
-            db.execute("BEGIN")
+        with self._transaction() as db:
             if commit.events:
                 db.executemany(
                     "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
@@ -301,21 +299,13 @@ class SqliteStore:
                     " ON CONFLICT (user_id, fill_id) DO UPDATE SET seq = excluded.seq",
                     commit.fills,
                 )
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if (failure := self._failed(exc)) is None:
-                raise
-            raise failure from exc
-        self._succeeded()
 
     def checkpoint(
         self, user_id: str, seq: int, snapshot: bytes, prune_through: int, *, keep_fills: int = 100_000
     ) -> None:
         """Store the user's state as of ``seq`` and drop events no longer needed, and the fill ids
         of fills at or before ``prune_through`` that are not among the user's ``keep_fills`` newest."""
-        db = self._db
-        try:
-            db.execute("BEGIN")
+        with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (user_id, seq, snapshot))
             db.execute("DELETE FROM events WHERE user_id = ? AND last_seq <= ?", (user_id, prune_through))
             db.execute(
@@ -323,12 +313,6 @@ class SqliteStore:
                 "(SELECT seq FROM fills WHERE user_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?3), -1)",
                 (user_id, prune_through, keep_fills),
             )
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if (failure := self._failed(exc)) is None:
-                raise
-            raise failure from exc
-        self._succeeded()
 
     def fill_ids(self, user_id: str) -> list[tuple[str, int]]:
         """The user's applied fills still kept: (fill id, seq), oldest first."""
@@ -347,6 +331,21 @@ class SqliteStore:
         """Call ``listener`` with each write that fails on storage, and with None at the first one
         that succeeds after them."""
         self._listener = listener
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed, or rolled back, a storage failure raised as a
+        ``StorageError`` (and told to the observer, as the first success after it is)."""
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            yield db
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if (failure := self._failed(exc)) is None:
+                raise
+            raise failure from exc
+        self._succeeded()
 
     def _failed(self, exc: BaseException) -> StorageError | None:
         """Roll back; the ``StorageError`` to raise instead of ``exc`` when the storage failed."""
@@ -378,10 +377,8 @@ class SqliteStore:
         its table with a ``quarantined_at`` column, and ``quarantine`` says what
         was set aside and why; one transaction.
         """
-        db = self._db
         entry = Quarantined(kind, key, reason, time.time())
-        try:
-            db.execute("BEGIN")
+        with self._transaction() as db:
             if kind == "price":
                 tables, column = ["prices"], "symbol"
             else:
@@ -401,12 +398,6 @@ class SqliteStore:
                 db.execute(f'DELETE FROM "{table}" WHERE "{column}" = ?', (key,))  # noqa: S608
             db.execute(_QUARANTINE_TABLE)
             db.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?)", (entry.at, kind, key, reason))
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if (failure := self._failed(exc)) is None:
-                raise
-            raise failure from exc
-        self._succeeded()
         return entry
 
     def _tables(self) -> list[str]:

@@ -55,9 +55,9 @@ def test_a_checkpoint_prunes_whole_runs_only_and_its_seq_counts_when_no_run_is_l
     assert (emptied.events, emptied.seq, emptied.checkpoint_seq) == ([], 4, 4)
 
 
-def test_a_schema_1_state_file_is_upgraded_in_place_and_keeps_every_event(tmp_path: Path) -> None:
-    events = stamp([fill("f1"), position("AAPL", "10")])
-    with sqlite3.connect(tmp_path / DB_NAME) as db:
+def write_schema_1(directory: Path, events: list[Event]) -> None:
+    """A state file as a schema-1 server left it: alice's events, one row each."""
+    with sqlite3.connect(directory / DB_NAME) as db:
         db.executescript(
             """
             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,12 +69,17 @@ def test_a_schema_1_state_file_is_upgraded_in_place_and_keeps_every_event(tmp_pa
                 event BLOB NOT NULL, PRIMARY KEY (user_id, seq)
             ) WITHOUT ROWID;
             INSERT INTO meta VALUES ('schema_version', '1');
-            INSERT INTO users VALUES ('alice', 'e-1', 2, NULL);
             """
         )
+        db.execute("INSERT INTO users VALUES ('alice', 'e-1', ?, NULL)", (events[-1].seq,))
         db.executemany(
             "INSERT INTO events VALUES ('alice', ?, ?, ?)", [(e.seq, 5.0, encode(e)) for e in events]
         )
+
+
+def test_a_schema_1_state_file_is_upgraded_in_place_and_keeps_every_event(tmp_path: Path) -> None:
+    events = stamp([fill("f1"), position("AAPL", "10")])
+    write_schema_1(tmp_path, events)
 
     loaded = SqliteStore(tmp_path).load()
 
@@ -152,24 +157,7 @@ def test_a_schema_2_state_file_is_upgraded_to_3_in_place_with_the_stored_fills_a
 
 def test_a_schema_1_state_file_is_upgraded_through_2_to_3_with_its_fills_as_applied(tmp_path: Path) -> None:
     events = stamp([fill("f-1"), position("AAPL", "10"), fill("f-2")])
-    with sqlite3.connect(tmp_path / DB_NAME) as db:
-        db.executescript(
-            """
-            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE users (
-                user_id TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL, book BLOB
-            );
-            CREATE TABLE events (
-                user_id TEXT NOT NULL, seq INTEGER NOT NULL, appended_at REAL NOT NULL,
-                event BLOB NOT NULL, PRIMARY KEY (user_id, seq)
-            ) WITHOUT ROWID;
-            INSERT INTO meta VALUES ('schema_version', '1');
-            INSERT INTO users VALUES ('alice', 'e-1', 3, NULL);
-            """
-        )
-        db.executemany(
-            "INSERT INTO events VALUES ('alice', ?, ?, ?)", [(e.seq, 5.0, encode(e)) for e in events]
-        )
+    write_schema_1(tmp_path, events)
 
     store = SqliteStore(tmp_path)
 

@@ -25,11 +25,17 @@ $(STATIC)/%: js/src/%
 install: $(STAMP) $(STATIC)/widget.js $(STATIC)/widget.css
 
 # What the tests need beyond the venv: Debian's Chromium (the browser tests drive it
-# with Playwright; no browser can be downloaded here) and the front end's test tools.
+# with Playwright; no browser can be downloaded here), Debian's redis-server (the Redis
+# tests start their own, on free ports, so the package's service must not stay up: where
+# its postinst could start one, it is stopped and disabled) and the front end's test tools.
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing Debian's chromium for the browser tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing Debian's redis-server for the Redis tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null && \
+		{ systemctl disable --now redis-server >/dev/null 2>&1 || invoke-rc.d redis-server stop >/dev/null 2>&1 || true; }; }
 
 js/node_modules/.install-stamp: js/package.json js/package-lock.json
 	cd js && npm ci --no-audit --no-fund --loglevel=error

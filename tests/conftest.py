@@ -1,4 +1,4 @@
-"""Fixtures: real servers on loopback with ephemeral ports, and tokens for each role."""
+"""Fixtures: real servers on loopback with ephemeral ports, tokens for each role, and real redis-servers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.client import close_all
+from tests.support.redis import RedisCluster, RedisServer
 from tests.support.server import ServerProcess, Tokens, write_users
 
 
@@ -57,3 +58,23 @@ async def start_server(
     for server in started:
         if server.proc is not None and server.proc.poll() is None:
             server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (AOF, ``appendfsync always``, a free port), gone after the test."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A Redis Cluster of this test's own: three masters, no replicas, every node gone after the test."""
+    cluster = RedisCluster(tmp_path / "redis-cluster")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

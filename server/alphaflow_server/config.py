@@ -18,7 +18,13 @@ from typing import Any
 
 import platformdirs
 
-from alphaflow_live.codes import DEFAULT_HOST, DEFAULT_PORT, INGEST_PATH
+from alphaflow_live.codes import (
+    CLOSE_RATE_LIMIT,
+    CLOSE_SLOW_CONSUMER,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    INGEST_PATH,
+)
 
 from .admission import canonical_origin
 
@@ -150,21 +156,29 @@ class ServerConfig:
     )
     max_messages_per_s: float = field(
         default=100.0,
-        metadata=option("inbound messages per second per portfolio or admin connection before close 1008"),
+        metadata=option(
+            "inbound messages per second per portfolio or admin connection "
+            f"before close {CLOSE_RATE_LIMIT.code}"
+        ),
     )
     # A market-data relay sends one message per tick, far above what a notebook client sends.
     ingest_rate: float = field(
         default=10_000.0,
-        metadata=option(f"inbound messages per second per {INGEST_PATH} connection before close 1008"),
+        metadata=option(
+            f"inbound messages per second per {INGEST_PATH} connection before close {CLOSE_RATE_LIMIT.code}"
+        ),
     )
     # A connection's queued frames beyond this are discarded for one snapshot.
     max_backlog_bytes: int = field(
         default=4 * 1024 * 1024,
         metadata=option("per-connection queued bytes before a slow client is resynchronised"),
     )
-    # How long a resync may wait for a socket to drain before close 1013.
+    # How long a resync may wait for a socket to drain before it is closed as a slow consumer.
     slow_client_timeout_s: float = field(
-        default=30.0, metadata=option("how long a slow client's socket may take to drain before close 1013")
+        default=30.0,
+        metadata=option(
+            f"how long a slow client's socket may take to drain before close {CLOSE_SLOW_CONSUMER.code}"
+        ),
     )
     # Replay buffer per user: at least this many events or seconds, whichever is more.
     retain_events: int = field(

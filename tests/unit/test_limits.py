@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alphaflow_server.limits import ConnectionLimiter, Outbox, TokenBucket
-from alphaflow_server.limits import Limit as Refusal
+from alphaflow_server.limits import ConnectionLimiter, Limit, Outbox, TokenBucket
 
 PROPERTY = settings(max_examples=200, deadline=None)
 
@@ -98,7 +97,7 @@ def test_connection_limiter_refuses_past_the_per_user_limit() -> None:
 
     results = [limiter.acquire("alice") for _ in range(6)]
 
-    assert results == [None] * 5 + [Refusal.PER_USER]
+    assert results == [None] * 5 + [Limit.PER_USER]
     assert (limiter.total, limiter.per_user["alice"]) == (5, 5)
 
 
@@ -114,7 +113,7 @@ def test_connection_limiter_refuses_past_the_total_limit() -> None:
 
     results = [limiter.acquire(user) for user in ("a", "b", "c", "d")]
 
-    assert results == [None, None, None, Refusal.TOTAL]
+    assert results == [None, None, None, Limit.TOTAL]
     assert limiter.total == 3
 
 
@@ -123,11 +122,11 @@ def test_connection_limiter_reports_total_before_per_user_when_both_apply() -> N
     limiter.acquire("alice")
     limiter.acquire("alice")
 
-    assert limiter.acquire("alice") is Refusal.TOTAL
+    assert limiter.acquire("alice") is Limit.TOTAL
 
 
 def test_refusal_codes_are_the_handshake_error_codes() -> None:
-    assert (Refusal.PER_USER.value, Refusal.TOTAL.value) == ("too_many_connections", "server_full")
+    assert (Limit.PER_USER.value, Limit.TOTAL.value) == ("too_many_connections", "server_full")
 
 
 def test_release_frees_a_place_for_the_same_user() -> None:
@@ -156,7 +155,7 @@ def test_streams_without_per_user_limit_count_only_towards_the_total() -> None:
 
     assert results == [None, None, None]
     assert (limiter.total, dict(limiter.per_user)) == (3, {})
-    assert limiter.acquire("alice") is Refusal.TOTAL
+    assert limiter.acquire("alice") is Limit.TOTAL
     limiter.release("svc", per_user_limit=False)
     assert limiter.acquire("alice") is None
 
@@ -169,11 +168,7 @@ def test_connection_limiter_counts_stay_within_limits_and_consistent(ops: list[t
     for acquire, user in ops:
         if acquire:
             expected = (
-                Refusal.TOTAL
-                if sum(held.values()) >= 5
-                else Refusal.PER_USER
-                if held.get(user, 0) >= 2
-                else None
+                Limit.TOTAL if sum(held.values()) >= 5 else Limit.PER_USER if held.get(user, 0) >= 2 else None
             )
             got = limiter.acquire(user)
             assert got is expected, f"acquire({user}) with {held}: expected {expected}, got {got}"

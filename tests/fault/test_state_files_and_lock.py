@@ -4,8 +4,6 @@ untouched), and one server at a time on a dir."""
 from __future__ import annotations
 
 import asyncio
-import random
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,34 +15,11 @@ from tests.support.book_model import channels
 from tests.support.cli import attempt_serve
 from tests.support.client import Publisher, health, rest_snapshot, without_server_time
 from tests.support.server import StartServer, Tokens
+from tests.support.state_files import a_directory, garbage, truncated, wrong_schema_version, zero_length
 
 pytestmark = pytest.mark.timeout(60)
 
 STATE_FILE = DB_NAME
-
-
-def zero_length(path: Path) -> None:
-    path.write_bytes(b"")
-
-
-def truncated(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def garbage(path: Path) -> None:
-    path.write_bytes(random.Random(14).randbytes(path.stat().st_size))
-
-
-def wrong_schema_version(path: Path) -> None:
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    db.close()
-
-
-def a_directory(path: Path) -> None:
-    path.unlink()
-    path.mkdir()
 
 
 def fingerprint(path: Path) -> tuple[str, bytes | list[str]]:

@@ -21,6 +21,7 @@ from alphaflow_server.sqlite_store import DB_NAME
 from tests.support import events as ev
 from tests.support.client import Publisher, StreamClient, open_ws, recv, rest_snapshot, send
 from tests.support.server import ServerProcess, Tokens
+from tests.support.state_files import set_book_cash
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -240,10 +241,7 @@ async def test_the_server_starts_on_stored_values_an_older_build_accepted_and_se
     with sqlite3.connect(server.state_dir / DB_NAME) as db:
         db.execute("UPDATE prices SET price = '1e30' WHERE symbol = 'HX'")
         for user_id, cash in (("alice", "1E+40"), ("carol", "NaN")):
-            (book,) = db.execute("SELECT book FROM users WHERE user_id = ?", (user_id,)).fetchone()
-            record = json.loads(book)
-            record["cash"] = cash
-            db.execute("UPDATE users SET book = ? WHERE user_id = ?", (json.dumps(record).encode(), user_id))
+            set_book_cash(db, user_id, cash)
 
     await asyncio.to_thread(server.start)
     log = server.log()

@@ -4,11 +4,8 @@ stored rows, and a full disk."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import signal
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import pytest
 
 from alphaflow_live.protocol import Ack, Error, Publish
 from tests.support import events as ev
+from tests.support import state_files
 from tests.support.cli import run_cli
 from tests.support.client import Publisher, health, rest_snapshot, same_portfolio, state_of
 from tests.support.disk import fill_disk, tmpfs
@@ -33,13 +31,6 @@ def serve_args(users_file: Path, state_dir: Path, *extra: str) -> list[str]:
         "serve", "--host", "127.0.0.1", "--port", "0", "--source", "none",
         "--users-file", str(users_file), "--state-dir", str(state_dir), *extra,
     ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def edit(path: Path) -> Iterator[sqlite3.Connection]:
-    """The state file opened directly, committed and closed (so no WAL of ours is left behind)."""
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
-        yield db
 
 
 def files_of(directory: Path) -> dict[str, tuple[int, int, str]]:
@@ -136,35 +127,12 @@ async def test_a_server_that_fails_to_start_changes_no_file_in_its_state_dir(
 # ------------------------------------------------------------------- corrupt state files
 
 
-def _zero_length(path: Path) -> None:
-    path.write_bytes(b"")
-
-
-def _truncated(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def _garbage(path: Path) -> None:
-    path.write_bytes(bytes(range(256)) * 64)
-
-
-def _wrong_schema_version(path: Path) -> None:
-    with edit(path) as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-
-
-def _missing_table(path: Path) -> None:
-    with edit(path) as db:
-        db.execute("DROP TABLE checkpoints")
-
-
 CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
-    "zero-length": (_zero_length, "is empty (0 bytes)"),
-    "truncated": (_truncated, "is unreadable"),
-    "garbage": (_garbage, "is unreadable"),
-    "wrong schema version": (_wrong_schema_version, "has schema version 99"),
-    "missing table": (_missing_table, "has no checkpoints table"),
+    "zero-length": (state_files.zero_length, "is empty (0 bytes)"),
+    "truncated": (state_files.truncated, "is unreadable"),
+    "garbage": (state_files.garbage, "is unreadable"),
+    "wrong schema version": (state_files.wrong_schema_version, "has schema version 99"),
+    "missing table": (state_files.missing_table, "has no checkpoints table"),
 }
 
 
@@ -206,13 +174,6 @@ async def test_a_zero_length_state_file_is_refused_instead_of_silently_reset(
 # ------------------------------------------------------- stored rows that cannot be applied
 
 
-def _set_book_cash(db: sqlite3.Connection, user_id: str, cash: str) -> None:
-    (book,) = db.execute("SELECT book FROM users WHERE user_id = ?", (user_id,)).fetchone()
-    record = json.loads(book)
-    record["cash"] = cash
-    db.execute("UPDATE users SET book = ? WHERE user_id = ?", (json.dumps(record).encode(), user_id))
-
-
 async def test_stored_rows_that_cannot_be_applied_are_quarantined_and_everything_else_is_served(
     start_server, tokens: Tokens
 ) -> None:
@@ -226,10 +187,10 @@ async def test_stored_rows_that_cannot_be_applied_are_quarantined_and_everything
     bob_before = await rest_snapshot(server.http_base, tokens.bob)
     await feed.close()
     await asyncio.to_thread(server.stop)  # a clean stop checkpoints every user
-    with edit(server.state_dir / DB) as db:
+    with state_files.edit(server.state_dir / DB) as db:
         db.execute("UPDATE prices SET price = '1e30' WHERE symbol = 'HX'")
-        _set_book_cash(db, "carol", "NaN")  # decodes, but nothing can be computed with it
-        _set_book_cash(db, "frank", "1e40")  # large, but a sum the engine computes with
+        state_files.set_book_cash(db, "carol", "NaN")  # decodes, but nothing can be computed with it
+        state_files.set_book_cash(db, "frank", "1e40")  # large, but a sum the engine computes with
         db.execute("UPDATE events SET events = CAST('not json' AS BLOB) WHERE user_id = 'dave'")
         db.execute("UPDATE checkpoints SET snapshot = CAST('{\"type\": 7}' AS BLOB) WHERE user_id = 'erin'")
 
@@ -253,7 +214,7 @@ async def test_stored_rows_that_cannot_be_applied_are_quarantined_and_everything
     )
     assert dave_again[0] == 1, "a quarantined user starts again under a new epoch"
     assert frank_again[0] > 1 and "frank" not in reason, "a book that can be computed with is restored"
-    with edit(server.state_dir / DB) as db:
+    with state_files.edit(server.state_dir / DB) as db:
         listed = sorted(db.execute("SELECT kind, key FROM quarantine").fetchall())
         kept = db.execute("SELECT count(*) FROM quarantined_events WHERE user_id = 'dave'").fetchone()[0]
         price = db.execute("SELECT price FROM quarantined_prices WHERE symbol = 'HX'").fetchone()

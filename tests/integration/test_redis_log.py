@@ -74,6 +74,16 @@ async def commit(log: RedisLog, user: str, events: list[Event], token: int = OWN
     return await log.commit(user, token, [unsequenced(event) for event in events])
 
 
+async def commit_snapshotted(log: RedisLog, user: str, events: list[Event]) -> Committed:
+    """A commit, then a snapshot at its last seq, as an owner keeps them: the stream may be trimmed
+    up to the snapshot, never past it."""
+    committed = await commit(log, user, events)
+    assert await log.checkpoint(
+        user, OWNER, committed.epoch, committed.last_seq, b'{"at":%d}' % committed.last_seq
+    )
+    return committed
+
+
 async def read_all(log: RedisLog, user: str) -> Replay:
     head = await log.head(user)
     replay = await log.read_after(user, head.epoch, 0)
@@ -164,7 +174,7 @@ async def test_resume_reads_exactly_the_events_after_a_seq(open_client: Connect)
 async def test_retention_keeps_the_last_events_and_reports_the_range_gone(open_client: Connect) -> None:
     by_count = await owned_log(open_client, "dave", Retention(retain_events=3, retain_seconds=0))
     for i in range(10):
-        await commit(by_count, "dave", fills(1, f"d{i}"))
+        await commit_snapshotted(by_count, "dave", fills(1, f"d{i}"))
     epoch = (await by_count.head("dave")).epoch
     kept = await by_count.read_after("dave", epoch, 7)
     assert isinstance(kept, Replay) and [_decode(raw).seq for raw in kept.events] == [8, 9, 10]
@@ -172,7 +182,7 @@ async def test_retention_keeps_the_last_events_and_reports_the_range_gone(open_c
 
     # Young events stay past the count, up to the memory bound.
     capped = await owned_log(open_client, "erin", Retention(retain_events=3, retain_seconds=60, max_events=6))
-    await commit(capped, "erin", fills(10, "e"))
+    await commit_snapshotted(capped, "erin", fills(10, "e"))
     epoch = (await capped.head("erin")).epoch
     kept = await capped.read_after("erin", epoch, 4)
     assert isinstance(kept, Replay) and len(kept.events) == 6
@@ -183,20 +193,57 @@ async def test_retention_keeps_the_last_seconds_then_lets_older_events_go(open_c
     user, window = "frank", 1.0
     log = await owned_log(open_client, user, Retention(retain_events=2, retain_seconds=window))
     started = time.monotonic()
-    await commit(log, user, fills(10, "old"))
+    await commit_snapshotted(log, user, fills(10, "old"))
     epoch = (await log.head(user)).epoch
     assert isinstance(await log.read_after(user, epoch, 0), Replay), "young events went before their time"
 
     deadline = started + window + 5.0
     while isinstance(await log.read_after(user, epoch, 0), Replay):
         assert time.monotonic() < deadline, "events older than the window were never trimmed"
-        await commit(log, user, fills(1, "tick"))
+        await commit_snapshotted(log, user, fills(1, "tick"))
         await asyncio.sleep(0.05)
     assert time.monotonic() - started >= window * 0.9, "events went before the window was over"
     # The ticks of the last moments are younger than the window: all still there.
     head = (await log.head(user)).seq
     recent = await log.read_after(user, epoch, head - 5)
     assert isinstance(recent, Replay) and len(recent.events) == 5
+
+
+async def test_events_after_the_snapshot_stay_and_prime_reads_them_with_it(open_client: Connect) -> None:
+    user = "gwen"
+    log = await owned_log(open_client, user, Retention(retain_events=2, retain_seconds=0))
+    assert await log.prime(user) is not None  # the claim made the epoch: an empty stream
+    await commit(log, user, fills(4, "before"))
+    epoch = (await log.head(user)).epoch
+    # No snapshot yet: a node could only prime from the first event, so nothing is trimmed.
+    primed = await log.prime(user)
+    assert primed is not None and (primed.first_seq, primed.snap_seq, len(primed.events)) == (1, 0, 4)
+    assert await log.checkpoint(user, OWNER, epoch, 3, b'{"at":3}')
+    assert not await log.checkpoint(user, OWNER, epoch, 2, b'{"at":2}'), "an older snapshot replaced a newer"
+    assert not await log.checkpoint(user, OWNER, epoch, 9, b'{"at":9}'), "a snapshot ahead of the stream"
+    with pytest.raises(Fenced):
+        await log.checkpoint(user, OWNER - 1, epoch, 4, b"{}")
+    await commit(log, user, fills(6, "after"))
+    primed = await log.prime(user)
+    assert primed is not None and primed.epoch == epoch and primed.seq == 10
+    assert (primed.snap_seq, primed.snapshot) == (3, b'{"at":3}')
+    assert primed.first_seq <= 4, "events after the snapshot were trimmed"
+    assert [_decode(raw).seq for raw in primed.events] == list(range(primed.first_seq, 11))
+
+
+async def test_a_commit_records_the_book_and_fill_ids_with_its_events(open_client: Connect) -> None:
+    user = "hank"
+    log = await owned_log(open_client, user)
+    events = [ev.fill("f-1"), ev.fill("f-2")]
+    committed = await log.commit(
+        user, OWNER, [unsequenced(e) for e in events], book=b'{"cash":"1"}', fills=[(0, "f-1"), (1, "f-2")]
+    )
+    assert await log.book(user) == b'{"cash":"1"}'
+    assert await log.fill_ids(user) == [("f-1", committed.first_seq), ("f-2", committed.first_seq + 1)]
+    # A commit without a book keeps the stored one; fill ids beyond the bound go, oldest first.
+    await log.commit(user, OWNER, [unsequenced(ev.fill("f-3"))], fills=[(0, "f-3")], keep_fills=2)
+    assert await log.book(user) == b'{"cash":"1"}'
+    assert [fill_id for fill_id, _ in await log.fill_ids(user)] == ["f-2", "f-3"]
 
 
 async def test_each_commit_reaches_a_sharded_subscriber_without_a_read(open_client: Connect) -> None:

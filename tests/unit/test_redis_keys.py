@@ -36,7 +36,7 @@ def test_every_key_and_the_channel_of_a_user_share_one_slot(user: str) -> None:
     slots = {key_slot(name.encode()) for name in keys.script_keys}
 
     assert slots == {key_slot(user.encode())}, keys
-    assert len(set(keys.script_keys)) == 4
+    assert len(set(keys.script_keys)) == 7
 
 
 def test_the_keys_of_a_partition_share_its_slot() -> None:

@@ -29,18 +29,33 @@ class UserKeys:
     owner: str
     # Shard channel: one message per commit (see ``stamping.LiveCommit``).
     live: str
+    # String: the engine's book (``engine.BookRecord`` JSON) as of the user's last publish.
+    book: str
+    # Sorted set: the ids of the fills applied, scored by their seq (the newest ``FILL_IDS_KEPT``).
+    fills: str
+    # Hash: ``epoch``, ``seq``, ``d``: the user's snapshot at that seq (what a node primes from).
+    snap: str
 
     @property
     def script_keys(self) -> list[str]:
         """The keys every user script is given, in the order the scripts read them."""
-        return [self.meta, self.events, self.owner, self.live]
+        return [self.meta, self.events, self.owner, self.live, self.book, self.fills, self.snap]
 
 
 def user_keys(user: str) -> UserKeys:
     if not user or "{" in user or "}" in user:
         raise ValueError(f"user id {user!r} cannot name Redis keys: it must be non-empty, without braces")
     tag = f"{PREFIX}:{{{user}}}"
-    return UserKeys(user, f"{tag}:meta", f"{tag}:events", f"{tag}:owner", f"{tag}:live")
+    return UserKeys(
+        user,
+        f"{tag}:meta",
+        f"{tag}:events",
+        f"{tag}:owner",
+        f"{tag}:live",
+        f"{tag}:book",
+        f"{tag}:fills",
+        f"{tag}:snap",
+    )
 
 
 def partition_lease_key(partition: int) -> str:
@@ -51,6 +66,23 @@ def partition_lease_key(partition: int) -> str:
 def partition_users_key(partition: int) -> str:
     """The set of users of a partition, so that a new owner can fence every one of them."""
     return f"{PREFIX}:{{p{_check_partition(partition)}}}:users"
+
+
+def partition_requests_channel(partition: int) -> str:
+    """The shard channel a partition's owner listens on for publishes other nodes forward."""
+    return f"{PREFIX}:{{p{_check_partition(partition)}}}:requests"
+
+
+def node_replies_channel(node_id: str) -> str:
+    """The shard channel a node listens on for the answers to the publishes it forwarded."""
+    if not node_id or "{" in node_id or "}" in node_id:
+        raise ValueError(f"node id {node_id!r} cannot name Redis keys: it must be non-empty, without braces")
+    return f"{PREFIX}:{{node:{node_id}}}:replies"
+
+
+# Every symbol's last mark (``price reference``), and the shard channel ticks are published on.
+PRICES_KEY = f"{PREFIX}:{{prices}}:marks"
+TICKS_CHANNEL = f"{PREFIX}:{{prices}}:ticks"
 
 
 def _check_partition(partition: int) -> int:

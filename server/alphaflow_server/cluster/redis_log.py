@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -50,8 +50,8 @@ import redis.asyncio
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from .keys import UserKeys, user_keys
-from .scripts import CLAIM, COMMIT, HEAD, READ
+from .keys import PRICES_KEY, TICKS_CHANNEL, UserKeys, partition_users_key, user_keys
+from .scripts import CHECKPOINT, CLAIM, COMMIT, HEAD, PRIME, READ, TICK
 from .stamping import check_unsequenced, stamp
 
 Client: TypeAlias = "redis.asyncio.Redis | redis.asyncio.RedisCluster"
@@ -62,7 +62,7 @@ _EPOCH = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _MAX_TOKEN = 2**53 - 1
 
 # What says Redis cannot serve right now, as opposed to a bug in a script or its arguments.
-_UNAVAILABLE: tuple[type[Exception], ...] = (
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError: replaying its AOF
     redis.exceptions.TimeoutError,
     redis.exceptions.ClusterError,  # CLUSTERDOWN, MASTERDOWN
@@ -163,6 +163,19 @@ class Replay:
         return self.last_seq == self.head
 
 
+@dataclass(frozen=True, slots=True)
+class Primed:
+    """What a node needs to serve a user: the snapshot at ``snap_seq`` (None: from empty), and
+    every kept event, ``first_seq`` onwards, up to ``seq``."""
+
+    epoch: str
+    seq: int
+    snap_seq: int
+    snapshot: bytes | None = field(repr=False)
+    first_seq: int
+    events: list[bytes] = field(repr=False)
+
+
 GoneReason = Literal["no_stream", "epoch", "ahead", "trimmed"]
 _GONE: dict[bytes, GoneReason] = {b"epoch": "epoch", b"ahead": "ahead", b"gone": "trimmed"}
 
@@ -195,6 +208,9 @@ class RedisLog:
         self._claim = client.register_script(CLAIM)
         self._head = client.register_script(HEAD)
         self._read = client.register_script(READ)
+        self._checkpoint = client.register_script(CHECKPOINT)
+        self._prime = client.register_script(PRIME)
+        self._tick = client.register_script(TICK)
 
     async def claim(self, user: str, token: int) -> Head:
         """Make ``token`` the user's owner token, unless a newer one is there (``Fenced``)."""
@@ -210,10 +226,21 @@ class RedisLog:
         return Head(_text(reply[0]), int(reply[1]))
 
     async def commit(
-        self, user: str, token: int, events: Sequence[bytes], *, commit_id: str | None = None
+        self,
+        user: str,
+        token: int,
+        events: Sequence[bytes],
+        *,
+        commit_id: str | None = None,
+        book: bytes | None = None,
+        fills: Sequence[tuple[int, str]] = (),
+        keep_fills: int = 100_000,
     ) -> Committed:
         """Append ``events`` (from ``stamping.unsequenced``) under the next seqs and publish them.
 
+        With the same atomicity: ``book`` replaces the stored book, and each of
+        ``fills`` (the fill's index among ``events``, its id) is recorded at its
+        seq, keeping the newest ``keep_fills``.
         ``Fenced`` if ``token`` is not the user's owner's (nothing changed);
         ``Unavailable`` if Redis could not answer (the outcome is unknown: see there).
         """
@@ -231,8 +258,15 @@ class RedisLog:
             retention.retain_events,
             round(retention.retain_seconds * 1000),
             retention.max_events,
-            *events,
+            keep_fills,
+            book or b"",
+            len(fills),
         ]
+        for index, fill_id in fills:
+            if not 0 <= index < len(events):
+                raise ValueError(f"fill {fill_id!r} is at index {index}, outside the {len(events)} events")
+            args += [index + 1, fill_id]
+        args += events
         reply = await self._run(self._commit, keys, args, commit_id=commit_id)
         if reply[0] == b"fenced":
             raise Fenced(user, token, int(reply[1]) if reply[1] else None)
@@ -263,6 +297,72 @@ class RedisLog:
             return Replay(current, seq, head, list(reply[3:]))
         return Gone(_GONE[status], current, head)
 
+    async def checkpoint(self, user: str, token: int, epoch: str, seq: int, snapshot: bytes) -> bool:
+        """Store the user's snapshot at ``seq``, so nodes prime from it and the stream may be trimmed
+        up to it; False if a newer one is there or the epoch moved. ``Fenced`` as for ``commit``."""
+        reply = await self._run(
+            self._checkpoint, user_keys(user), [_check_token(token), epoch, seq, snapshot]
+        )
+        if reply[0] == b"fenced":
+            raise Fenced(user, token, int(reply[1]) if reply[1] else None)
+        return bool(reply[0] == b"ok")
+
+    async def prime(self, user: str) -> Primed | None:
+        """The user's snapshot and kept events, read at once; None if the user has no stream yet."""
+        reply = await self._run(self._prime, user_keys(user), [])
+        if reply[0] == b"none":
+            return None
+        return Primed(
+            epoch=_text(reply[1]),
+            seq=int(reply[2]),
+            snap_seq=int(reply[3]),
+            snapshot=bytes(reply[4]) or None,
+            first_seq=int(reply[5]),
+            events=list(reply[6:]),
+        )
+
+    async def book(self, user: str) -> bytes | None:
+        """The book stored by the user's last publish (the owner reads it after its claim)."""
+        book: bytes | None = await self._call(user, self._client.get(user_keys(user).book))
+        return book
+
+    async def fill_ids(self, user: str) -> list[tuple[str, int]]:
+        """The recorded fill ids of the user and their seqs, oldest first."""
+        pairs = await self._call(user, self._client.zrange(user_keys(user).fills, 0, -1, withscores=True))
+        return [(_text(fill_id), int(seq)) for fill_id, seq in pairs]
+
+    async def add_member(self, partition: int, user: str) -> None:
+        """Record the user as one of the partition's, so that every later owner claims it."""
+        await self._call(user, self._client.sadd(partition_users_key(partition), user))
+
+    async def members(self, partition: int) -> list[str]:
+        return sorted(
+            _text(u)
+            for u in await self._call(f"p{partition}", self._client.smembers(partition_users_key(partition)))
+        )
+
+    async def tick(self, message: bytes, marks: dict[str, str]) -> int:
+        """Store the marks and publish ``message`` to every node; how many nodes it reached."""
+        args: list[bytes | str | int] = [message]
+        for symbol, mark in marks.items():
+            args += [symbol, mark]
+        try:
+            reply = await self._tick(keys=[PRICES_KEY, TICKS_CHANNEL], args=args)
+        except UNAVAILABLE_ERRORS as error:
+            raise Unavailable(f"Redis cannot store price marks: {type(error).__name__}: {error}") from error
+        return int(reply)
+
+    async def marks(self) -> dict[str, str]:
+        """Every symbol's last stored mark."""
+        stored = await self._call("marks", self._client.hgetall(PRICES_KEY))
+        return {_text(k): _text(v) for k, v in stored.items()}
+
+    async def _call(self, what: str, command: Awaitable[Any]) -> Any:
+        try:
+            return await command
+        except UNAVAILABLE_ERRORS as error:
+            raise Unavailable(f"Redis cannot serve {what!r}: {type(error).__name__}: {error}") from error
+
     def _epoch(self) -> str:
         epoch = self._make_epoch()
         if not _EPOCH.match(epoch):
@@ -275,12 +375,12 @@ class RedisLog:
         keys: UserKeys,
         args: Sequence[bytes | str | int],
         *,
-        key_count: int = 4,
+        key_count: int = 7,
         commit_id: str | None = None,
     ) -> list[Any]:
         try:
             reply = await script(keys=keys.script_keys[:key_count], args=args)
-        except _UNAVAILABLE as error:
+        except UNAVAILABLE_ERRORS as error:
             outcome = " (the commit's outcome is unknown: commit again with the same id)" if commit_id else ""
             raise Unavailable(
                 f"Redis cannot serve user {keys.user!r}: {type(error).__name__}: {error}{outcome}",

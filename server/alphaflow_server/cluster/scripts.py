@@ -1,7 +1,7 @@
 """The Lua scripts of the commit log; each runs atomically on the Redis node that holds the user.
 
 Every script gets the user's keys as ``KEYS`` in the order of
-``keys.UserKeys.script_keys`` (meta, events, owner, live), all in the user's
+``keys.UserKeys.script_keys`` (meta, events, owner, live, book, fills, snap), all in the user's
 slot: Redis Cluster refuses a script any other key, and any other shard
 channel to SPUBLISH on. The ``#!lua`` line (Redis 7.0 or newer) makes Redis
 refuse a script before it runs when memory is full, not at its first write.
@@ -18,20 +18,23 @@ _OPEN_EPOCH = """
 local function open_epoch(state, new_epoch)
   if state[1] then return state[1], tonumber(state[2]) end
   -- A first use, or meta lost while the stream stayed: another incarnation's entries must not mix in.
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[7])
   redis.call('HSET', KEYS[1], 'epoch', new_epoch, 'seq', 0)
   return new_epoch, 0
 end
 """
 
-# KEYS: meta, events, owner, live.
-# ARGV: token, commit id, new epoch, retain events, retain ms, max events, then the events (seq 0).
+# KEYS: meta, events, owner, live, book, fills, snap.
+# ARGV: token, commit id, new epoch, retain events, retain ms, max events, fill ids kept, the book
+# ('' to keep the stored one), F, then F pairs (the fill's place among the events, from 1; its id),
+# then the events (seq 0).
 # Reply: {'ok', epoch, first seq, last seq, replayed (0|1)} or {'fenced', the owner's token or ''}.
 COMMIT = (
     "#!lua\n"
     + _OPEN_EPOCH
     + r"""
 local meta, events, owner, live = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local book, fills, snap = KEYS[5], KEYS[6], KEYS[7]
 local state = redis.call('HMGET', meta, 'epoch', 'seq', 'ms', 'cid', 'cfirst')
 
 -- The last commit sent again (a client's retry after a lost reply, or the caller's after
@@ -46,13 +49,15 @@ if held ~= ARGV[1] then
 end
 
 -- Check every event before the first write: a script that fails half-way keeps its writes.
-local n = #ARGV - 6
+local fill_count = tonumber(ARGV[9])
+local base = 9 + 2 * fill_count
+local n = #ARGV - base
 if n < 1 then
   return redis.error_reply('ERR afl commit: no events')
 end
 local heads, tails = {}, {}
 for i = 1, n do
-  local raw = ARGV[6 + i]
+  local raw = ARGV[base + i]
   local at = string.find(raw, ',"seq":0,', 1, true)
   if not at or not string.find(string.sub(raw, 1, at - 1), '^{"type":"[%a_]+"$') then
     return redis.error_reply('ERR afl commit: event ' .. i .. ' is not encoded with seq 0 by protocol.encode')
@@ -77,6 +82,18 @@ for i = 1, n do
 end
 local first, last = seq + 1, seq + n
 redis.call('HSET', meta, 'epoch', epoch, 'seq', last, 'ms', now, 'cid', ARGV[2], 'cfirst', first)
+if ARGV[8] ~= '' then
+  redis.call('SET', book, ARGV[8])
+end
+if fill_count > 0 then
+  for i = 1, fill_count do
+    redis.call('ZADD', fills, seq + tonumber(ARGV[8 + 2 * i]), ARGV[9 + 2 * i])
+  end
+  local kept_fills = tonumber(ARGV[7])
+  if redis.call('ZCARD', fills) > kept_fills then
+    redis.call('ZREMRANGEBYRANK', fills, 0, -(kept_fills + 1))
+  end
+end
 
 -- Retention: the last `retain` events and those of the last `retain_ms` stay, whichever are more;
 -- never more than `max_events`. Finding the boundary costs a few reads, so it waits until a
@@ -103,6 +120,13 @@ if kept < count_from - math.floor(retain / 16)
     keep_from = hi
   end
 end
+-- What a node primes from is the snapshot and every event after it: those stay.
+local snapped = redis.call('HMGET', snap, 'epoch', 'seq')
+if snapped[1] == epoch then
+  keep_from = math.min(keep_from, tonumber(snapped[2]) + 1)
+else
+  keep_from = kept
+end
 keep_from = math.max(keep_from, last - max_events + 1)
 if keep_from > kept then
   redis.call('XTRIM', events, 'MINID', keep_from .. '-0')
@@ -114,7 +138,7 @@ return {'ok', epoch, first, last, 0}
 """
 )
 
-# KEYS: meta, events, owner, live. ARGV: token, new epoch.
+# KEYS: meta, events, owner, live, book, fills, snap. ARGV: token, new epoch.
 # Reply: {'ok', epoch, seq} or {'fenced', the owner's token}.
 CLAIM = (
     "#!lua\n"
@@ -130,7 +154,7 @@ return {'ok', epoch, seq}
 """
 )
 
-# KEYS: meta, events, owner, live. ARGV: new epoch. Reply: {epoch, seq}.
+# KEYS: meta, events, owner, live, book, fills, snap. ARGV: new epoch. Reply: {epoch, seq}.
 HEAD = (
     "#!lua\n"
     + _OPEN_EPOCH
@@ -172,4 +196,58 @@ for i, entry in ipairs(entries) do
   reply[3 + i] = entry[2][4]
 end
 return reply
+"""
+
+# KEYS: meta, events, owner, live, book, fills, snap. ARGV: token, epoch, seq, the snapshot.
+# Reply: {'ok'} | {'fenced', the owner's token or ''} | {'stale'} (another epoch, or an older seq
+# than the stored snapshot's: nothing written).
+CHECKPOINT = r"""#!lua
+local held = redis.call('GET', KEYS[3])
+if held ~= ARGV[1] then
+  return {'fenced', held or ''}
+end
+local state = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+local at = tonumber(ARGV[3])
+if state[1] ~= ARGV[2] or at > tonumber(state[2]) then
+  return {'stale'}
+end
+local snapped = redis.call('HMGET', KEYS[7], 'epoch', 'seq')
+if snapped[1] == ARGV[2] and tonumber(snapped[2]) >= at then
+  return {'stale'}
+end
+redis.call('HSET', KEYS[7], 'epoch', ARGV[2], 'seq', at, 'd', ARGV[4])
+return {'ok'}
+"""
+
+# KEYS: meta, events, owner, live, book, fills, snap.
+# Reply: {'none'} or {'ok', epoch, seq, snapshot seq (0: none), snapshot ('' for none), first kept
+# seq, event...}: every kept event, so a node's replay buffer starts where Redis's does.
+PRIME = r"""#!lua flags=no-writes
+local state = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+if not state[1] then
+  return {'none'}
+end
+local snapped = redis.call('HMGET', KEYS[7], 'epoch', 'seq', 'd')
+local snap_seq, snap = 0, ''
+if snapped[1] == state[1] then
+  snap_seq, snap = tonumber(snapped[2]), snapped[3]
+end
+local reply = {'ok', state[1], tonumber(state[2]), snap_seq, snap, tonumber(state[2]) + 1}
+local entries = redis.call('XRANGE', KEYS[2], '-', '+')
+if entries[1] then
+  reply[6] = tonumber(string.match(entries[1][1], '^%d+'))
+end
+for i, entry in ipairs(entries) do
+  reply[6 + i] = entry[2][4]
+end
+return reply
+"""
+
+# KEYS: the marks hash, the ticks shard channel. ARGV: the message to publish, then symbol, mark pairs.
+# Reply: how many nodes the message reached.
+TICK = r"""#!lua
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return redis.call('SPUBLISH', KEYS[2], ARGV[1])
 """

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -146,6 +146,15 @@ def save_users_file(path: Path, store: TokenStore) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class UsersSource(Protocol):
+    """What the server asks of its users: the users file's watcher, or (in a cluster) Redis's."""
+
+    @property
+    def store(self) -> TokenStore: ...
+
+    def current(self, now: float) -> TokenStore: ...
 
 
 class UsersFileWatcher:

@@ -49,15 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     add = user_commands.add_parser("add", help="create a user and print its token (shown once)")
     add.add_argument("name")
     add.add_argument("--role", choices=["user", "service", "admin"], default="user")
-    command.users_file_argument(add)
     listing = user_commands.add_parser("list", help="list users and roles")
-    command.users_file_argument(listing)
     remove = user_commands.add_parser("remove", help="delete a user (its token stops working)")
     remove.add_argument("name")
-    command.users_file_argument(remove)
     rotate = user_commands.add_parser("rotate", help="replace a user's token and print the new one")
     rotate.add_argument("name")
-    command.users_file_argument(rotate)
+    for sub in (add, listing, remove, rotate):
+        command.users_file_argument(sub)
+        _users_redis_argument(sub)
 
     admin = commands.add_parser("admin", help="operate a running server (token from ALPHAFLOW_ADMIN_TOKEN)")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
@@ -98,7 +97,19 @@ def _serve(args: argparse.Namespace) -> int:
     return command.run(args)
 
 
+def _users_redis_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("ALPHAFLOW_REDIS") or None,
+        metavar="URL",
+        help="manage the users of the cluster of nodes sharing this Redis or Redis Cluster instead of "
+        "the users file (redis://, rediss:// or unix:// URL; default: $ALPHAFLOW_REDIS)",
+    )
+
+
 def _users(args: argparse.Namespace) -> int:
+    if args.redis:
+        return _users_in_redis(args, args.redis)
     path: Path = args.users_file
     try:
         store = load_users_file(path)
@@ -128,6 +139,57 @@ def _users(args: argparse.Namespace) -> int:
         return 1
     save_users_file(path, store)
     print(f"{action} in {path}")
+    print(f"token (shown once; only its hash is stored): {token}")
+    return 0
+
+
+def _users_in_redis(args: argparse.Namespace, url: str) -> int:
+    """``_users`` on the cluster's users in Redis: the same lines, naming the cluster for the path."""
+    try:
+        from .cluster.connect import open_sync_client, redacted
+        from .cluster.redis_log import Unavailable
+        from .cluster.users import InvalidUsers, RedisUserStore
+    except ImportError as exc:
+        print(
+            f"alphaflow-live users: --redis needs redis-py ({exc}); "
+            "install it with: pip install 'alphaflow-live[redis]'",
+            file=sys.stderr,
+        )
+        return 2
+    where = f"the cluster at {redacted(url)}"
+    try:
+        client = open_sync_client(url)
+    except (Unavailable, ValueError) as exc:
+        print(f"alphaflow-live users: {exc}", file=sys.stderr)
+        return 2
+    try:
+        users = RedisUserStore(client)
+        if args.users_command == "list":
+            store = users.load()
+            if not len(store):
+                print(f"no users in {where}")
+            for record in store.records():
+                print(f"{record.name}\t{record.role}\tcreated {record.created_at}")
+            return 0
+        if args.users_command == "add":
+            token = users.add(args.name, args.role)
+            action = f"created {args.role} '{args.name}'"
+        elif args.users_command == "rotate":
+            token = users.rotate(args.name)
+            action = f"new token for '{args.name}'"
+        else:
+            users.remove(args.name)
+            print(f"removed '{args.name}' from {where}")
+            return 0
+    except (ValueError, KeyError) as exc:
+        print(f"alphaflow-live users: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except (Unavailable, InvalidUsers) as exc:
+        print(f"alphaflow-live users: {where}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    print(f"{action} in {where}")
     print(f"token (shown once; only its hash is stored): {token}")
     return 0
 

@@ -486,6 +486,13 @@ class PortfolioEngine:
             ],
         )
 
+    def unload(self, user_id: str) -> None:
+        """Forget the user's book, holdings and unsent marks (another node computes them now)."""
+        for symbol in list(self.books.get(user_id, Book()).holdings):
+            self._drop(user_id, symbol)
+        self.books.pop(user_id, None)
+        self._stale.pop(user_id, None)
+
     def load_book(self, user_id: str, record: BookRecord) -> None:
         for symbol in list(self.books.get(user_id, Book()).holdings):
             self._drop(user_id, symbol)

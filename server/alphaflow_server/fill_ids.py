@@ -97,6 +97,10 @@ class AppliedFills:
         while len(order) > self.keep and order[0][1] <= through_seq:
             ids.discard(order.popleft()[0])
 
+    def forget(self, user_id: str) -> None:
+        """Drop the user's ids (another node owns the user now; they are reloaded if it comes back)."""
+        self._users.pop(user_id, None)
+
     def __len__(self) -> int:
         return sum(len(user.ids) for user in self._users.values())
 

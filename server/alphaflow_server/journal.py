@@ -106,6 +106,23 @@ class Journal:
         self.trim(now)
         return stamped, encoded
 
+    def append_stamped(self, first_seq: int, encoded: Sequence[bytes], now: float) -> None:
+        """Keep events stamped elsewhere (a cluster's commit log), as the bytes they were stamped in.
+
+        They must follow on: the first at ``seq + 1``, or anywhere when nothing is kept yet (a
+        replay buffer that starts where Redis's does).
+        """
+        entries = self._entries
+        if (entries or self.seq) and first_seq != self.seq + 1:
+            raise ValueError(f"events from seq {first_seq} do not follow seq {self.seq}")
+        if not entries:
+            self._first_seq = first_seq
+        for raw in encoded:
+            entries.append((now, raw))
+            self.bytes += len(raw)
+        self.seq = first_seq + len(encoded) - 1
+        self.trim(now)
+
     def restore(self, entries: Sequence[tuple[float, Event]]) -> None:
         """Load previously journaled events (oldest first), as after a restart."""
         for appended_at, event in entries:

@@ -268,7 +268,7 @@ class Ledger:
 
         for symbol, (price, reference) in loaded.prices.items():
             try:
-                mark = _stored_mark("price", price), _stored_mark("reference", reference)
+                mark = stored_mark("price", price), stored_mark("reference", reference)
             except ValueError as exc:
                 set_aside("price", symbol, str(exc))
                 continue
@@ -379,7 +379,7 @@ class Restored:
     quarantined: list[Quarantined]
 
 
-def _stored_mark(name: str, text: str) -> Decimal:
+def stored_mark(name: str, text: str) -> Decimal:
     """A stored price or day reference, when it is what a tick could carry (so the engine can use it)."""
     try:
         value = Decimal(text)

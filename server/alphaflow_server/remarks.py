@@ -57,6 +57,11 @@ class RemarkSchedule:
         """The user's positions went out by another path (a fill publishes the stale ones)."""
         self._last[user_id] = now
 
+    def forget(self, user_id: str) -> None:
+        """Drop the user's turn (another node re-marks it now); a queued turn is skipped when due."""
+        self._queued.discard(user_id)
+        self._last.pop(user_id, None)
+
     def next_due(self) -> float | None:
         return self._heap[0][0] if self._heap else None
 

@@ -93,14 +93,19 @@ class ServerPort:
                 log.info("event=source_resumed")
             return ack
 
+    # In a cluster the engine holds the books of the users this node owns, and the bus the streams
+    # it serves: of any other user these read as empty (a fill published again is left out by its
+    # owner as a duplicate), and never make a book or a stream here.
     def holdings(self, user_id: str) -> frozenset[str]:
-        return frozenset(self._engine.book(user_id).holdings)
+        book = self._engine.books.get(user_id)
+        return frozenset(book.holdings) if book is not None else frozenset()
 
     def realized_pl_today(self, user_id: str) -> Decimal:
-        return self._engine.book(user_id).realized_pl_today
+        book = self._engine.books.get(user_id)
+        return book.realized_pl_today if book is not None else Decimal(0)
 
     def has_fill(self, user_id: str, fill_id: str) -> bool:
-        return self._bus.user(user_id).state.has_fill(fill_id)
+        return user_id in self._bus and self._bus.user(user_id).state.has_fill(fill_id)
 
     def report_health(self, component: str, status: HealthStatus, reason: str = "") -> None:
         self._health.set(component, status, reason)

@@ -36,8 +36,8 @@ from alphaflow_server.cluster.leases import (
     interval_for,
     join_cluster,
     partition_of,
-    run_under_lease,
 )
+from alphaflow_server.cluster.source_lease import run_under_lease
 from tests.support.redis import Client, Deployment, RedisServer, connect
 from tests.support.wait import async_wait_until
 
@@ -447,7 +447,7 @@ _CONTENDER = """
 import asyncio, ctypes, signal, sys
 ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the test
 import redis.asyncio
-from alphaflow_server.cluster.leases import run_under_lease
+from alphaflow_server.cluster.source_lease import run_under_lease
 
 def say(line):
     print(line, flush=True)

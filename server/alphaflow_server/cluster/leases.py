@@ -35,27 +35,24 @@ release); ``afl:{cluster}:nodes``, the registry, a sorted set of node ids
 scored by expiry (Redis ms); ``afl:{cluster}:config``, the cluster's fixed
 settings (``partitions``).
 
-The asyncio shells (``PartitionLeases``, ``run_under_lease``) only move
+The asyncio shells (``PartitionLeases``, ``source_lease.run_under_lease``) only move
 commands and time; the rules are in ``LeaseBook`` and ``plan_round``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
-
-from alphaflow_live.backoff import Backoff
 
 from .keys import PREFIX, partition_lease_key
 from .redis_log import UNAVAILABLE_ERRORS, Client, Unavailable
@@ -128,7 +125,7 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 
 _MIN_LEASE_S: Final = 0.5
 # A command that did not get through: Redis's failures, or our own bound on the wait.
-_FAILED: Final[tuple[type[Exception], ...]] = (*UNAVAILABLE_ERRORS, TimeoutError)
+LEASE_FAILURES: Final[tuple[type[Exception], ...]] = (*UNAVAILABLE_ERRORS, TimeoutError)
 
 
 def source_lease_key(name: str) -> str:
@@ -191,7 +188,7 @@ def margin_for(lease_s: float) -> float:
     return max(0.2, lease_s * 0.1)
 
 
-def _check_lease(lease_s: float) -> None:
+def check_lease(lease_s: float) -> None:
     if not lease_s >= _MIN_LEASE_S:
         raise ValueError(f"a lease lasts at least {_MIN_LEASE_S}s (the safety margin is 0.2s), got {lease_s}")
 
@@ -221,7 +218,7 @@ class LeaseBook:
     """
 
     def __init__(self, lease_s: float) -> None:
-        _check_lease(lease_s)
+        check_lease(lease_s)
         self._valid_s = lease_s - margin_for(lease_s)
         self._tokens: dict[int, int] = {}
         self._deadlines: dict[int, float] = {}
@@ -320,7 +317,7 @@ def plan_round(
 
 
 @dataclass(frozen=True, slots=True)
-class _Reply:
+class LeaseReply:
     status: str
     holder: str | None
     until_ms: int
@@ -329,7 +326,7 @@ class _Reply:
     free_since_ms: int
 
     @classmethod
-    def parse(cls, raw: Any) -> _Reply:
+    def parse(cls, raw: Any) -> LeaseReply:
         status, holder, *numbers = raw
         return cls(status.decode(), holder.decode() or None, *(int(n) for n in numbers))
 
@@ -357,7 +354,7 @@ class PartitionLeases:
             raise ValueError(f"a cluster needs at least one partition, got {partitions}")
         if not node_id:
             raise ValueError("a node needs a non-empty id")
-        _check_client(client)
+        check_client(client)
         self._book = LeaseBook(lease_s)
         self._client = client
         self._node_id = node_id
@@ -410,7 +407,7 @@ class PartitionLeases:
             replies = await self._run(commands)
             for (partition, token), raw in zip(held.items(), replies[1 : 1 + len(held)], strict=True):
                 if raw is not None:
-                    renewed = _Reply.parse(raw)
+                    renewed = LeaseReply.parse(raw)
                     if renewed.status == "ok":
                         book.held(partition, token, sent)
                     else:
@@ -418,7 +415,7 @@ class PartitionLeases:
             seen: dict[int, Seen] = {}
             for partition, raw in zip(others, replies[1 + len(held) :], strict=True):
                 if raw is not None:
-                    lease = _Reply.parse(raw)
+                    lease = LeaseReply.parse(raw)
                     seen[partition] = Seen(lease.holder, lease.free_for_s)
             if replies[0] is None:
                 raise Unavailable(f"Redis cannot serve the node registry {NODES_KEY}: leases not rebalanced")
@@ -442,7 +439,7 @@ class PartitionLeases:
                 replies = await self._run(commands)
                 for partition, raw in zip(acquire, replies[len(release) :], strict=True):
                     if raw is not None:
-                        taken = _Reply.parse(raw)
+                        taken = LeaseReply.parse(raw)
                         if taken.status == "ok":
                             book.held(partition, taken.token, sent)
             return book.take_changes()
@@ -489,7 +486,7 @@ class PartitionLeases:
             try:
                 async with asyncio.timeout(self._lease_s):
                     results = await pipe.execute(raise_on_error=False)
-            except _FAILED as error:
+            except LEASE_FAILURES as error:
                 raise _unavailable(error) from error
             unloaded: list[int] = []
             for i, result in zip(todo, results, strict=True):
@@ -516,101 +513,6 @@ def _unavailable(error: BaseException) -> Unavailable:
     return Unavailable(f"Redis cannot serve the leases: {type(error).__name__}: {error}")
 
 
-async def run_under_lease(
-    client: Client,
-    name: str,
-    *,
-    node_id: str,
-    lease_s: float,
-    run: Callable[[], Awaitable[None]],
-    on_state: Callable[[bool], None] | None = None,
-) -> None:
-    """Run ``run()`` on one node of the cluster at a time, for as long as this node holds the lease.
-
-    The task is stopped before the lease is given back, and as soon as the
-    lease may have gone (a renewal refused, or none confirmed before the local
-    deadline), so two nodes overlap only if one was paused past its deadline
-    and has not yet been scheduled since. Cancelled: the task stops and the
-    lease is released. If ``run()`` ends by itself, the lease is released and
-    this returns (or raises) as it did.
-    """
-    _check_lease(lease_s)
-    key = source_lease_key(name)
-    _check_client(client)
-    script = client.register_script(LEASE_SCRIPT)
-    lease_ms = round(lease_s * 1000)
-    interval = interval_for(lease_s)
-    valid_s = lease_s - margin_for(lease_s)
-    loop = asyncio.get_running_loop()
-    backoff = Backoff(base_s=interval / 2, cap_s=lease_s)
-
-    async def call(op: str, token: int, until: float) -> _Reply:
-        try:
-            async with asyncio.timeout_at(until):
-                return _Reply.parse(await script(keys=[key], args=[op, node_id, lease_ms, token]))
-        except _FAILED as error:
-            raise Unavailable(f"Redis cannot serve the lease of source {name!r}: {error!r}") from error
-
-    async def source() -> None:
-        await run()
-
-    def tell(running: bool) -> None:
-        log.info("source=%s node=%s running=%s", name, node_id, running)
-        if on_state is not None:
-            on_state(running)
-
-    while True:
-        sent = loop.time()
-        try:
-            got = await call("acquire", 0, sent + lease_s)
-        except Unavailable as error:
-            log.warning("source=%s node=%s lease unavailable: %s", name, node_id, error)
-            await asyncio.sleep(backoff.next_delay())
-            continue
-        backoff.reset()
-        if got.status != "ok" or loop.time() >= sent + valid_s:
-            await asyncio.sleep(interval)
-            continue
-        token, deadline = got.token, sent + valid_s
-        task = asyncio.create_task(source(), name=f"source-{name}")
-        tell(True)
-        ended = give_back = False
-        try:
-            while True:
-                wake = min(loop.time() + interval, deadline)
-                await asyncio.wait({task}, timeout=max(0.0, wake - loop.time()))
-                if task.done():
-                    ended = give_back = True
-                    break
-                if loop.time() >= deadline:
-                    log.warning("source=%s node=%s lease not renewed in time: stopping", name, node_id)
-                    break
-                sent = loop.time()
-                try:
-                    renewed = await call("renew", token, deadline)
-                except Unavailable as error:
-                    log.warning("source=%s node=%s renewal failed: %s", name, node_id, error)
-                    continue
-                if renewed.status != "ok":
-                    log.warning("source=%s node=%s lease lost to %s", name, node_id, renewed.holder)
-                    break
-                deadline = sent + valid_s
-        except BaseException:
-            give_back = True  # cancelled (or a bug): stop, then let another node take over at once
-            raise
-        finally:
-            # The task stops before the lease goes back: the next holder never overlaps with it.
-            task.cancel()
-            await asyncio.wait({task})
-            tell(False)
-            if give_back:
-                with contextlib.suppress(Unavailable):
-                    await call("release", token, loop.time() + interval)
-        if ended:
-            task.result()  # run() ended by itself: its error, or its end, is ours
-            return
-
-
-def _check_client(client: Client) -> None:
+def check_client(client: Client) -> None:
     if client.get_encoder().decode_responses:
         raise ValueError("the Redis client must be made with decode_responses=False")

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -32,6 +31,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from ..auth import Role, TokenStore, UserRecord
+from .cancel import pause
 from .connect import SyncClient
 from .keys import PREFIX
 from .redis_log import UNAVAILABLE_ERRORS, Client, Unavailable
@@ -198,7 +198,7 @@ class RedisUsersWatcher:
         """Refresh every ``refresh_s`` until cancelled; report each outage once, and its end with None."""
         failing = False
         while True:
-            await asyncio.sleep(self._refresh_s)
+            await pause(self._refresh_s)
             try:
                 changed = await self.refresh()
             except Exception as error:

@@ -269,6 +269,8 @@ class Welcome(Struct, tag_field="type", tag="welcome", kw_only=True):
     batch_window_ms: int
     heartbeat_s: float
     channels: list[Channel]
+    # The node that serves the stream, when several serve one cluster (left out on a single node).
+    node: str | UnsetType = UNSET
 
 
 class Subscribed(Struct, tag_field="type", tag="subscribed", kw_only=True):
@@ -419,6 +421,10 @@ class StatsReport(Struct, kw_only=True):
     slow_consumer_resyncs: int
     latency_ms: LatencySummary
     disconnects_by_code: dict[str, int]
+    # In a cluster: the node that answered, and every live node's own report (the fields above
+    # are then the totals over those nodes).
+    node_id: str | None = None
+    nodes: dict[str, StatsReport] | None = None
 
 
 class Stats(StatsReport, tag_field="type", tag="stats", kw_only=True):

@@ -292,14 +292,18 @@ def decide(
             headers=(("Retry-After", str(RETRY_AFTER_S)),),
         )
     if refused is not None:
-        return Refused(
-            http.HTTPStatus.TOO_MANY_REQUESTS,
-            refused,
-            f"user '{principal.name}' already has {capacity.max_per_user} connections "
-            "(the per-user limit); close one first",
-            headers=(("Retry-After", str(RETRY_AFTER_S)),),
-        )
+        return per_user_refusal(principal.name, capacity.max_per_user)
     return OpenStream(route.stream, principal, route.per_user_limit, now)
+
+
+def per_user_refusal(user: str, max_per_user: int) -> Refused:
+    """A user at the per-user limit: on this node, or (in a cluster) on all nodes together."""
+    return Refused(
+        http.HTTPStatus.TOO_MANY_REQUESTS,
+        Limit.PER_USER,
+        f"user '{user}' already has {max_per_user} connections (the per-user limit); close one first",
+        headers=(("Retry-After", str(RETRY_AFTER_S)),),
+    )
 
 
 def canonical_origin(text: str) -> str | None:

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -38,10 +38,18 @@ from alphaflow_live.protocol import (
     format_timestamp,
 )
 
-from .admission import OpenStream, Preflight, Refused, ServePublic, ServeRest, ServeSession, decide
-from .auth import UsersFileWatcher
+from .admission import (
+    OpenStream,
+    Preflight,
+    Refused,
+    ServePublic,
+    ServeRest,
+    ServeSession,
+    decide,
+)
+from .auth import UsersFileWatcher, UsersSource
 from .bus import EventBus, JournalOptions
-from .config import ServerConfig
+from .config import ClusterFlags, ServerConfig
 from .engine import PortfolioEngine
 from .handshakes import gated_connections, pending_bound
 from .http_api import (
@@ -61,6 +69,9 @@ from .session import PortfolioSession
 from .sources import ServerPort, Source
 from .stats import Health, ServerStats, StatsCollector
 from .store import MemoryStore, Quarantined, StateError, StateStore, StorageError
+
+if TYPE_CHECKING:
+    from .cluster.runtime import ClusterRuntime
 
 log = logging.getLogger("alphaflow.server")
 
@@ -90,13 +101,18 @@ class StreamServer:
         store: StateStore | None = None,
         *,
         open_state: Callable[[], StateStore] | None = None,
+        cluster: ClusterFlags | None = None,
     ) -> None:
         """``open_state``, when given, opens the store in ``start`` once the port is bound (and
-        replaces ``store``): a server that cannot have its port never reads its state."""
+        replaces ``store``): a server that cannot have its port never reads its state.
+        ``cluster`` (with ``redis`` set) makes the node one of a cluster over Redis: its users,
+        streams and books are the cluster's, and no local state is read or written."""
         self.config = config
+        self._cluster_flags = cluster if cluster is not None and cluster.redis else None
+        self.cluster: ClusterRuntime | None = None
         self._open_state = open_state
         self._started = False
-        self.users = users
+        self.users: UsersSource = users
         self.bus = EventBus(
             new_epoch=new_epoch,
             journal=JournalOptions(retain_events=config.retain_events, retain_seconds=config.retain_seconds),
@@ -159,19 +175,38 @@ class StreamServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         try:
-            self._restore_state()
+            if self._cluster_flags is not None:
+                await self._join_cluster(self._cluster_flags)
+            else:
+                self._restore_state()
             await self._server.start_serving()
         except BaseException:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
             self.ledger.store.close()
+            if self.cluster is not None:
+                await self.cluster.close()
+                self.cluster = None
             raise
         self._started = True
         self._ticker = asyncio.create_task(self._tick_loop(), name="heartbeats")
         log.info("listening on ws://%s:%d", _host_for_url(config.host), self.port)
         for name, run in self._sources.items():
-            self._source_tasks.append(asyncio.create_task(self._run_source(name, run), name=f"source-{name}"))
+            runner = (
+                self.run_source(name, run)
+                if self.cluster is None
+                else self.cluster.run_source(name, run, self)
+            )
+            self._source_tasks.append(asyncio.create_task(runner, name=f"source-{name}"))
+
+    async def _join_cluster(self, flags: ClusterFlags) -> None:
+        from .cluster.runtime import ClusterRuntime
+
+        self.cluster = await ClusterRuntime.join(self, flags)
+        self.bus = self.cluster.bus
+        self.engine = self.cluster.ledger.engine
+        self._port = ServerPort(self.ingest_local, self.engine, self.bus, self.health)
 
     def _restore_state(self) -> None:
         config = self.config
@@ -229,6 +264,10 @@ class StreamServer:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
+        if self.cluster is not None:
+            await self.cluster.close()
+            log.info("event=stopped")
+            return
         self.ingest.cancel()
         self.ingest.remark(everyone=True)  # so the journal holds every mark that was acknowledged
         self.ledger.checkpoint_all()
@@ -258,9 +297,14 @@ class StreamServer:
     async def ingest_local(self, message: Publish | Prices) -> Ack:
         """Ingest a message from an in-process source through the same path as /ws/ingest
         (encoded and decoded, so it is validated exactly as a remote publisher's would be)."""
-        return await self.ingest.handle(decode_ingest_message(encode(message)))
+        return await self.handle_ingest(decode_ingest_message(encode(message)))
 
-    async def _run_source(self, name: str, run: Source) -> None:
+    async def handle_ingest(self, message: Publish | Prices) -> Ack:
+        if self.cluster is not None:
+            return await self.cluster.ingest.handle(message)
+        return await self.ingest.handle(message)
+
+    async def run_source(self, name: str, run: Source) -> None:
         try:
             await run(self._port)
         except asyncio.CancelledError:
@@ -268,6 +312,18 @@ class StreamServer:
         except Exception as exc:
             log.exception("event=source_failed source=%s", name)
             self.health.set(f"source:{name}", "degraded", f"source stopped: {exc}")
+
+    def use_users(self, users: UsersSource) -> None:
+        """Authenticate against another users source (a cluster's, in Redis)."""
+        self.users = users
+
+    def count_events_in(self, count: int) -> None:
+        self.stats.events_in += count
+
+    def close_user_streams(self, user_id: str, code: int, reason: str) -> None:
+        for session in list(self.sessions.values()):
+            if session.user_id == user_id:
+                session.close_soon(code, reason)
 
     async def _tick_loop(self) -> None:
         interval = min(1.0, max(0.05, self.config.heartbeat_s / 4))
@@ -282,7 +338,7 @@ class StreamServer:
 
     def set_streaming(self, enabled: bool, *, persist: bool = False) -> None:
         self.streaming_enabled = enabled
-        if persist:
+        if persist and self.cluster is None:
             self.ledger.set_meta("streaming_enabled", "true" if enabled else "false")
         if enabled:
             self.health.set("streaming", "healthy")
@@ -293,7 +349,24 @@ class StreamServer:
 
     # -------------------------------------------------------------- handshake
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._decide(connection, request)
+        if not isinstance(response, _Pending):
+            return response
+        cluster = self.cluster
+        assert cluster is not None
+        if isinstance(response.decision, ServeRest):
+            return await cluster.rest(response.decision)
+        admission = response.decision
+        refusal_ = await cluster.admit(admission, self.config.max_per_user)
+        if refusal_ is not None:
+            self.limiter.release(admission.principal.name, per_user_limit=admission.per_user_limit)
+            self._admitted.pop(connection, None)
+            self.stats.handshakes_refused[refusal_.code.value] += 1
+            return refusal(refusal_)
+        return None
+
+    def _decide(self, connection: ServerConnection, request: Request) -> Response | _Pending | None:
         # Never log request.path: it may hold a credential.
         now = time.monotonic()
         decision = decide(
@@ -323,19 +396,24 @@ class StreamServer:
                     streaming_enabled=self.streaming_enabled,
                     connections=self.limiter.total,
                     uptime_s=time.monotonic() - self.stats.started_at,
+                    cluster=None if self.cluster is None else self.cluster.health_fields(),
                 )
             return self._metrics.response()
         if isinstance(decision, ServeRest):
+            if self.cluster is not None:
+                return _Pending(decision)
             return self._rest(decision)
         self.limiter.add(decision.principal.name, per_user_limit=decision.per_user_limit)
         self._admitted[connection] = decision
         connection.connection_lost_waiter.add_done_callback(lambda _: self._release(connection))
-        return None
+        return _Pending(decision) if self.cluster is not None else None
 
     def _release(self, connection: ServerConnection) -> None:
         admission = self._admitted.pop(connection, None)
         if admission is not None:
             self.limiter.release(admission.principal.name, per_user_limit=admission.per_user_limit)
+            if self.cluster is not None:
+                self.cluster.release(admission)
 
     # ------------------------------------------------------------ plain HTTP
 
@@ -377,8 +455,13 @@ class StreamServer:
         connection_id = "c-" + secrets.token_hex(4)
         log.info("event=connect stream=%s user=%s conn=%s", admission.stream, user, connection_id)
         chosen_code: int | None = None
+        held = False
         try:
             if admission.stream == "portfolio":
+                if self.cluster is not None:
+                    if not await self.cluster.open_stream(ws, user):
+                        return
+                    held = True
                 session = PortfolioSession(
                     ws,
                     user_id=user,
@@ -386,6 +469,7 @@ class StreamServer:
                     bus=self.bus,
                     config=self.config,
                     stats=self.stats,
+                    node_id=None if self._cluster_flags is None else self._cluster_flags.node_id,
                 )
                 self.sessions[ws] = session
                 try:
@@ -395,7 +479,7 @@ class StreamServer:
                     chosen_code = session.close_code
             else:
                 route: tuple[Callable[[str], Any], Callable[[Any], Awaitable[Any]]] = (
-                    (decode_ingest_message, self.ingest.handle)
+                    (decode_ingest_message, self.handle_ingest)
                     if admission.stream == "ingest"
                     else (decode_admin_message, self._admin)
                 )
@@ -413,6 +497,8 @@ class StreamServer:
                     describe=admission.stream,
                 )
         finally:
+            if held and self.cluster is not None:
+                self.cluster.bus.release(user)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.wait_closed(), timeout=self.config.heartbeat_s)
             code = chosen_code or ws.close_code or 1006
@@ -430,12 +516,23 @@ class StreamServer:
         if isinstance(message, SetStreaming):
             if message.enabled != self.streaming_enabled:
                 log.warning("event=streaming_flag enabled=%s", str(message.enabled).lower())
+            if self.cluster is not None:
+                await self.cluster.set_streaming(message.enabled, message.id)
             self.set_streaming(message.enabled, persist=True)
             return Ack(id=message.id)
         if isinstance(message, GetStats):
-            report = self.stats_report()
+            report = self.stats_report() if self.cluster is None else await self.cluster.stats_report_now()
             return Stats(id=message.id, **{f: getattr(report, f) for f in report.__struct_fields__})
         raise MessageError("unknown_type", f"unexpected message {type(message).__name__}")
+
+
+class _Pending:
+    """A decision whose answer needs Redis (a cluster's connection count, a snapshot): awaited."""
+
+    __slots__ = ("decision",)
+
+    def __init__(self, decision: OpenStream | ServeRest) -> None:
+        self.decision = decision
 
 
 def _host_for_url(host: str) -> str:

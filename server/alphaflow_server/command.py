@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import sys
@@ -24,7 +25,7 @@ from alphaflow_live.codes import PORTFOLIO_PATH
 
 from .app import StreamServer
 from .auth import UsersFileError, UsersFileWatcher, load_users_file, save_users_file
-from .config import AlpacaFlags, ServeOptions, ServerConfig, SimulatorOptions, option_of
+from .config import AlpacaFlags, ClusterFlags, ServeOptions, ServerConfig, SimulatorOptions, option_of
 from .logs import configure_logging
 from .sources import Source
 from .sqlite_store import open_store
@@ -126,6 +127,7 @@ def users_file_argument(parser: argparse.ArgumentParser) -> None:
 def add_arguments(serve: argparse.ArgumentParser) -> None:
     add_options(serve, ServerConfig)
     add_options(serve, ServeOptions)
+    add_options(serve.add_argument_group("cluster (--redis: many nodes over Redis)"), ClusterFlags)
     add_options(serve.add_argument_group("simulator (--source sim)"), SimulatorOptions)
     add_options(
         serve.add_argument_group(
@@ -139,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
     config = options_from(ServerConfig, args)
     serve = options_from(ServeOptions, args)
     configure_logging(serve.log_level)
+    cluster = options_from(ClusterFlags, args)
+    if cluster.redis:
+        return run_cluster_node(args, config, cluster)
     demo_token: str | None = None
     source: Source | None = None
     try:
@@ -197,6 +202,52 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
+    return 0
+
+
+def run_cluster_node(args: argparse.Namespace, config: ServerConfig, cluster: ClusterFlags) -> int:
+    """``serve --redis``: users, streams and books are the cluster's; no local state is kept."""
+    from .cluster.connect import open_sync_client
+    from .cluster.redis_log import Unavailable
+    from .cluster.users import RedisUserStore
+
+    source: Source | None = None
+    demo_token: str | None = None
+    try:
+        if cluster.partitions < 1 or cluster.lease_s <= 0:
+            raise ValueError("--partitions must be at least 1 and --lease-s positive")
+        if config.source == "sim":
+            source = simulator_source(args)
+            users = RedisUserStore(open_sync_client(cluster.redis or ""))
+            if users.load().get("demo") is None:
+                with contextlib.suppress(ValueError):  # another node made it meanwhile
+                    demo_token = users.add("demo", "user")
+        elif config.source == "alpaca":
+            source = alpaca_source_from(args)
+    except (ValueError, Unavailable) as exc:
+        print(f"alphaflow-live serve: {exc}", file=sys.stderr)
+        return 2
+    server = StreamServer(config, UsersFileWatcher(config.users_file), cluster=cluster)
+    if source is not None:
+        server.add_source(config.source, source)
+
+    def ready(server: StreamServer) -> None:
+        url = f"ws://{config.host}:{server.port}{PORTFOLIO_PATH}"
+        print(f"node {cluster.node_id} joined the cluster; connect with ALPHAFLOW_URL={url}", flush=True)
+        if demo_token is not None:
+            print(f"  the demo user's token (shown once): {demo_token}", flush=True)
+
+    try:
+        asyncio.run(server.run_until_signalled(on_ready=ready))
+    except StateError as exc:
+        print(f"alphaflow-live serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"alphaflow-live serve: cannot listen on {config.host}:{config.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -11,6 +11,8 @@ the sources, which this module does not import.
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import Field, dataclass, field
 from pathlib import Path
@@ -221,6 +223,40 @@ class ServeOptions:
         default=False, metadata=option("move the existing state file aside and start empty")
     )
     log_level: str = "INFO"
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterFlags:
+    """Many nodes over one Redis (``--redis``); without it the node stands alone on its state dir."""
+
+    redis: str | None = field(
+        default=None,
+        metadata=option(
+            "join the cluster of nodes sharing this Redis or Redis Cluster "
+            "(redis://, rediss:// or unix:// URL; default: $ALPHAFLOW_REDIS, else stand alone)"
+        ),
+    )
+    node_id: str = field(
+        default_factory=default_node_id,
+        metadata=option("this node's name in the cluster (default: host name and pid)"),
+    )
+    partitions: int = field(
+        default=64,
+        metadata=option(
+            "engine partitions users hash onto; fixed for the life of a cluster "
+            "(a node that disagrees refuses to start)"
+        ),
+    )
+    lease_s: float = field(
+        default=5.0,
+        metadata=option(
+            "seconds a partition or source lease lasts unrenewed (a dead node's are taken over after it)"
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

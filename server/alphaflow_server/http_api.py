@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import http
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -79,16 +79,23 @@ def refusal(refused: Refused) -> Response:
 
 
 def health_response(
-    health: Health, *, streaming_enabled: bool, connections: int, uptime_s: float
+    health: Health,
+    *,
+    streaming_enabled: bool,
+    connections: int,
+    uptime_s: float,
+    cluster: Mapping[str, Any] | None = None,
 ) -> Response:
-    """``/healthz``: 200 while the server serves at all, 503 once it is offline."""
+    """``/healthz``: 200 while the server serves at all, 503 once it is offline. A cluster node
+    adds ``cluster``'s fields (its id, whether Redis is reachable, the partitions it owns)."""
     status = health.status
-    body = {
+    body: dict[str, Any] = {
         "status": status,
         "reasons": health.reasons,
         "streaming_enabled": streaming_enabled,
         "connections": connections,
         "uptime_s": round(uptime_s, 3),
+        **(cluster or {}),
     }
     code = http.HTTPStatus.SERVICE_UNAVAILABLE if status == "offline" else http.HTTPStatus.OK
     return json_response(code, body)

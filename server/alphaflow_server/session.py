@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from msgspec import UNSET
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -63,8 +64,10 @@ class PortfolioSession:
         bus: EventBus,
         config: ServerConfig,
         stats: ServerStats,
+        node_id: str | None = None,
     ) -> None:
         self.ws = ws
+        self._node_id = node_id
         self.user_id = user_id
         self.connection_id = connection_id
         self._bus = bus
@@ -98,6 +101,7 @@ class PortfolioSession:
                 batch_window_ms=self._config.batch_window_ms,
                 heartbeat_s=self._config.heartbeat_s,
                 channels=list(CHANNELS),
+                node=UNSET if self._node_id is None else self._node_id,
             )
         )
         sender = asyncio.create_task(self._send_loop(), name=f"send-{self.connection_id}")

@@ -12,6 +12,7 @@ import pytest
 from alphaflow_server.command import add_arguments, flag_of, options_from
 from alphaflow_server.config import (
     AlpacaFlags,
+    ClusterFlags,
     ServeOptions,
     ServerConfig,
     SimulatorOptions,
@@ -19,7 +20,7 @@ from alphaflow_server.config import (
     default_users_file,
 )
 
-OPTION_CLASSES = [ServerConfig, ServeOptions, SimulatorOptions, AlpacaFlags]
+OPTION_CLASSES = [ServerConfig, ServeOptions, ClusterFlags, SimulatorOptions, AlpacaFlags]
 
 # What `serve --help` listed before its flags were made from the dataclasses; scripts use them.
 FLAGS_SCRIPTS_USE = (

@@ -18,8 +18,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTS = {"alphaflow_live": REPO / "alphaflow_live", "alphaflow_server": REPO / "server" / "alphaflow_server"}
-# backoff: reconnect and retry delays, used by the kernel client and by the server's lease retries.
-WIRE_LAYER = frozenset(f"alphaflow_live.{name}" for name in ("protocol", "codes", "state", "metrics", "backoff"))
+# backoff: retry delays, for the kernel client's reconnects and the server's lease retries.
+WIRE_LAYER = frozenset(
+    f"alphaflow_live.{name}" for name in ("protocol", "codes", "state", "metrics", "backoff")
+)
 HEAVY = ("pandas", "numpy", "anywidget", "ipywidgets")
 
 

@@ -159,3 +159,16 @@ async def test_a_stream_nobody_holds_is_let_go(parts: Parts) -> None:
     bus.release(user)
     assert user not in bus
     await until(lambda: user_keys(user).live not in subscriber, "the channel left")
+
+
+async def test_a_stream_let_go_and_taken_again_at_once_stays_live(parts: Parts) -> None:
+    """The channel's unsubscribe, still on its way, must not undo the new subscription."""
+    log, bus, _, _ = parts
+    user = "eve"
+    await log.claim(user, OWNER)
+    await bus.ensure(user)
+    bus.release(user)
+    stream = await bus.ensure(user)
+    await commit(log, user, [ev.fill("e-1")])
+    await until(lambda: stream.seq == 1, "the commit after the stream was taken again")
+    bus.release(user)

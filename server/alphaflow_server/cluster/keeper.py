@@ -130,8 +130,7 @@ class PartitionKeeper:
         if task is not None:
             task.cancel()
         self._ledger.drop(partition)
-        with contextlib.suppress(Exception):
-            await self._subscriber.remove(partition_requests_channel(partition))
+        self._subscriber.remove(partition_requests_channel(partition))
 
     async def close(self) -> None:
         for task in list(self._adopting.values()):

@@ -119,9 +119,7 @@ class ClusterBus(EventBus):
         task = self._catching_up.pop(user_id, None)
         if task is not None:
             task.cancel()
-        channel = user_keys(user_id).live
-        if channel in self._subscriber:
-            asyncio.get_running_loop().create_task(self._subscriber.remove(channel))
+        self._subscriber.remove(user_keys(user_id).live)
 
     async def _prime(self, user_id: str) -> UserStream:
         channel = user_keys(user_id).live

@@ -44,6 +44,8 @@ class ShardSubscriber:
         self._reconnect_listeners: list[Callable[[], None]] = []
         self._stopped = False
         self._changed = asyncio.Event()
+        self._changing = asyncio.Lock()
+        self._unsubscribing: set[asyncio.Task[None]] = set()
 
     def on_reconnect(self, listener: Callable[[], None]) -> None:
         self._reconnect_listeners.append(listener)
@@ -51,14 +53,25 @@ class ShardSubscriber:
     async def add(self, channel: str, handler: Handler) -> None:
         """Deliver the channel's messages to ``handler`` (in order, on the event loop)."""
         self._handlers[channel.encode()] = handler
-        await self._pubsub.ssubscribe(channel)
+        async with self._changing:
+            await self._pubsub.ssubscribe(channel)
         self._changed.set()
 
-    async def remove(self, channel: str) -> None:
+    def remove(self, channel: str) -> None:
+        """Stop delivering the channel at once; it is unsubscribed in the background, unless it
+        was added again meanwhile (the two never cross on the wire: one change at a time)."""
         if self._handlers.pop(channel.encode(), None) is None:
             return
-        with contextlib.suppress(*UNAVAILABLE_ERRORS):
-            await self._pubsub.sunsubscribe(channel)
+        task = asyncio.get_running_loop().create_task(self._unsubscribe(channel))
+        self._unsubscribing.add(task)
+        task.add_done_callback(self._unsubscribing.discard)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        async with self._changing:
+            if channel.encode() in self._handlers:
+                return
+            with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                await self._pubsub.sunsubscribe(channel)
 
     def __contains__(self, channel: str) -> bool:
         return channel.encode() in self._handlers

@@ -240,15 +240,17 @@ class Server:
 
 
 class Load:
-    """One ``bench/load.py ROLE`` process; its JSON lines arrive on a queue."""
+    """One ``bench/load.py ROLE`` process (or another ``script``'s role); its JSON lines arrive on a queue."""
 
-    def __init__(self, role: str, spec: dict[str, Any], workdir: Path | None = None) -> None:
+    def __init__(
+        self, role: str, spec: dict[str, Any], workdir: Path | None = None, *, script: Path = LOAD_SCRIPT
+    ) -> None:
         self.role = role
         directory = workdir or Path(tempfile.gettempdir())
         self._stderr_path = directory / f"load-{role}-{time.monotonic_ns()}.err"
         with self._stderr_path.open("wb") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, str(LOAD_SCRIPT), role],
+                [sys.executable, str(script), role],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -330,10 +332,14 @@ class Load:
 
 
 def run_loads(
-    jobs: Sequence[tuple[str, dict[str, Any]]], timeout: float = 120.0, workdir: Path | None = None
+    jobs: Sequence[tuple[str, dict[str, Any]]],
+    timeout: float = 120.0,
+    workdir: Path | None = None,
+    *,
+    script: Path = LOAD_SCRIPT,
 ) -> list[dict[str, Any]]:
     """Start run-to-completion load processes together; their result lines, in order."""
-    loads = [Load(role, spec, workdir) for role, spec in jobs]
+    loads = [Load(role, spec, workdir, script=script) for role, spec in jobs]
     try:
         return [load.result(timeout, stop=False) for load in loads]
     finally:

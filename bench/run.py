@@ -1,6 +1,7 @@
 """Every benchmark in one table: the kernel-side figures and the server scenarios.
 
-Runs ``bench/bench_client.py`` (a subprocess) and ``bench/bench_server.py``'s scenarios, prints
+Runs ``bench/bench_client.py`` (a subprocess), ``bench/bench_server.py``'s scenarios and
+``bench/bench_cluster.py``'s (S7, a cluster over Redis: needs redis-server), prints
 one table (scenario | metric | value | baseline | ratio; ratio = value ÷ baseline) and writes
 ``bench/results/latest.json`` with the machine it ran on (a full run also
 ``bench/results/full-<date>.json``, kept in git). Figures only: nothing here passes or
@@ -8,10 +9,12 @@ fails on a time; the exit code is 1 only when a benchmark could not run.
 
     .venv/bin/python bench/run.py --quick                  # about a minute on 2 cores
     .venv/bin/python bench/run.py --scenarios S1,S2        # full mode of those two
+    .venv/bin/python bench/run.py --scenarios S7           # the cluster against one node (minutes)
     .venv/bin/python bench/run.py                          # everything, full mode (long: S3, S6 soak)
 
 Scenarios: client (bench_client.py), S1 fill latency, S2 tick fan-out, S3 connection scale
-(full mode only unless named), S4 bandwidth, S6 memory.
+(full mode only unless named), S4 bandwidth, S6 memory, S7 cluster (latency across nodes, CPU
+per event, Redis cost per event, resume from Redis).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bench_cluster
 import bench_server
 from harness import row, table
 
@@ -93,7 +97,7 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small loads and short spans (about a minute)")
     parser.add_argument(
-        "--scenarios", help="comma-separated from client,S1,S2,S3,S4,S6 (default: all of the mode)"
+        "--scenarios", help="comma-separated from client,S1,S2,S3,S4,S6,S7 (default: all of the mode)"
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     bench_server.add_overrides(parser)
@@ -102,12 +106,13 @@ def main() -> int:
     if args.scenarios:
         chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
         chosen = ["client" if s.lower() == "client" else s.upper() for s in chosen]
-        unknown = [s for s in chosen if s != "client" and s not in bench_server.SCENARIOS]
+        known = {"client", *bench_server.SCENARIOS, *bench_cluster.SCENARIOS}
+        unknown = [s for s in chosen if s not in known]
         if unknown:
             parser.error(f"unknown scenarios {unknown}")
     else:
         server = bench_server.QUICK_SCENARIOS if args.quick else bench_server.FULL_SCENARIOS
-        chosen = ["client", *server]
+        chosen = ["client", *server, *bench_cluster.SCENARIOS]
 
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
@@ -121,13 +126,18 @@ def main() -> int:
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             failures["client"] = str(exc)
             print(f"client: FAILED {exc}", file=sys.stderr)
-    server_scenarios = [s for s in chosen if s != "client"]
+    server_scenarios = [s for s in chosen if s in bench_server.SCENARIOS]
     if server_scenarios:
         server_rows, server_failures = bench_server.run(
             server_scenarios, quick=args.quick, params=bench_server.params_from(args)
         )
         rows += server_rows
         failures.update(server_failures)
+    cluster_scenarios = [s for s in chosen if s in bench_cluster.SCENARIOS]
+    if cluster_scenarios:
+        cluster_rows, cluster_failures = bench_cluster.run(cluster_scenarios, quick=args.quick)
+        rows += cluster_rows
+        failures.update(cluster_failures)
 
     elapsed = time.monotonic() - started
     print()

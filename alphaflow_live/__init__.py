@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .alerts import Alert, AlertHandle, AlertState
     from .client import PortfolioStream, connect
     from .errors import AuthError
     from .freshness import FreshnessRules
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 # name → the module that defines it
 _LAZY = {
+    "Alert": "alerts",
+    "AlertHandle": "alerts",
+    "AlertState": "alerts",
     "connect": "client",
     "PortfolioStream": "client",
     "AuthError": "errors",
@@ -62,6 +66,9 @@ def __dir__() -> list[str]:
 __all__ = [
     "PROTOCOL_VERSION",
     "AccountSummary",
+    "Alert",
+    "AlertHandle",
+    "AlertState",
     "AuthError",
     "BatchOutcome",
     "ConnectionStatus",

@@ -15,12 +15,18 @@ return to the stream when it is back; stop for good on 401/403.
 ``widget()`` and ``snapshot_html()`` load the notebook layer on first use
 (anywidget is heavy); that layer reads the stream through ``LiveReader`` and
 never imports this module.
+
+Alerts (``alert``): an ``AlertBook`` (``alerts``) decides; the stream
+evaluates it after each snapshot or batch applied, on the thread that applied
+it, once the state's lock is released, and again when a cooldown it waits on
+ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -29,16 +35,19 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
 
 import pandas as pd
 
 from . import frames
+from .alerts import ALERT_STATE_FIELDS, AlertBook, AlertHandle, AlertState
 from .codes import DEFAULT_URL
 from .connection import ConnectionOptions, run_connection
 from .errors import AuthError
 from .freshness import Freshness, FreshnessRules, Status
-from .live_state import EVENT_NAMES, LiveState
+from .live_state import EVENT_NAMES as STATE_EVENTS
+from .live_state import LiveState
 from .loop_thread import LoopThread
 from .metrics import LatencyHistogram
 from .protocol import CHANNELS, Batch, Heartbeat, Snapshot
@@ -46,6 +55,9 @@ from .state import BatchOutcome, PortfolioState
 
 FrameT = TypeVar("FrameT", pd.DataFrame, "pd.Series[Any]")
 log = logging.getLogger("alphaflow_live")
+
+# What ``on`` accepts: the state's events, and the firings of alerts.
+EVENT_NAMES: Final = (*STATE_EVENTS, "alert")
 
 __all__ = ["DEFAULT_URL", "EVENT_NAMES", "AuthError", "PortfolioStream", "connect"]
 
@@ -85,7 +97,10 @@ class PortfolioStream:
         self.fallback_after_failures = fallback_after_failures
         self.connect_timeout_s = connect_timeout_s
 
-        self._live = LiveState(max_fills=max_fills, max_equity_points=max_equity_points)
+        self._live = _StreamState(
+            self._check_alerts, max_fills=max_fills, max_equity_points=max_equity_points
+        )
+        self._alerts: AlertBook[PortfolioStream] = AlertBook()
         self._frame_cache: dict[str, tuple[int, Any]] = {}
         self._row_caches = {"positions": frames.RowCache(frames.POSITION_COLUMNS),
                             "orders": frames.RowCache(frames.ORDER_COLUMNS)}  # fmt: skip
@@ -279,9 +294,64 @@ class PortfolioStream:
     # ------------------------------------------------------------- events
 
     def on(self, event: str, callback: Callable[[Any], None]) -> Callable[[], None]:
-        """Call ``callback`` on every "fill", "position", "order", "account" or "status";
-        returns a function that unsubscribes it."""
+        """Call ``callback`` on every "fill", "position", "order", "account", "status" or "alert"
+        (an ``Alert``, for each firing of any alert of this stream); returns a function that
+        unsubscribes it."""
+        if event == "alert":
+            return self._alerts.subscribe(callback)
+        if event not in EVENT_NAMES:
+            raise ValueError(f"unknown event {event!r}; one of: {', '.join(EVENT_NAMES)}")
         return self._live.on(event, callback)
+
+    # ------------------------------------------------------------- alerts
+
+    def alert(
+        self,
+        condition: Callable[[PortfolioStream], object],
+        message: str | Callable[[PortfolioStream], object],
+        *,
+        name: str | None = None,
+        cooldown_s: float = 60,
+    ) -> AlertHandle:
+        """Fire ``on("alert")`` callbacks when ``condition(live)`` becomes true, once per crossing
+        and at most once per ``cooldown_s``; ``message`` is text or a function of the stream.
+
+        ``live.alert(lambda l: l.account["equity"] - l.account["last_equity"] < -1_000,
+        "day loss over 1,000")``. Conditions run on the stream's thread after each snapshot
+        or batch (and once when added); one that raises counts as false. ``name`` defaults
+        to the message (or ``alert-N``); an alert of the same name is replaced. Returns a
+        handle: ``.cancel()`` removes the alert.
+        """
+        handle = self._alerts.add(condition, message, name=name, cooldown_s=cooldown_s)
+        if self._live.held() is not None:
+            self._recheck(time.monotonic())
+        return handle
+
+    @property
+    def alerts(self) -> pd.DataFrame:
+        """The alerts registered, indexed by name: message, state ("armed": the next true fires;
+        "active": fired, and still true; "cooling": true again within the cooldown), cooldown_s,
+        fire_count, last_fired (UTC), error (why the condition raised, else None)."""
+        return alerts_frame(self._alerts.states())
+
+    def _check_alerts(self) -> None:
+        """Evaluate the alerts: after each snapshot or batch applied, with the state's lock released."""
+        if not len(self._alerts):
+            return
+        self._alerts.evaluate(self, time.monotonic(), datetime.now(UTC), self.seq)
+        due = self._alerts.next_due()
+        if due is not None:
+            self._recheck(due)
+
+    def _recheck(self, at: float) -> None:
+        """Evaluate the alerts again on the stream's thread at ``at`` (monotonic). A stream that is
+        not started (fed by hand) evaluates at the next ``feed`` instead."""
+        if self._connection is not None and self._alerts.schedule(at):
+            self._runner.call_later(at - time.monotonic(), functools.partial(self._rechecked, at))
+
+    def _rechecked(self, at: float) -> None:
+        self._alerts.looked(at)
+        self._check_alerts()
 
     def wait_for(self, predicate: Callable[[PortfolioStream], Any], timeout: float = 10.0) -> Any:
         """Block until ``predicate(live)`` is truthy; returns its value."""
@@ -315,6 +385,38 @@ class PortfolioStream:
             self._live.touch(message.server_time)
             return None
         return self._live.apply(message)
+
+
+class _StreamState(LiveState):
+    """The stream's state: after each snapshot or batch applied (the lock released, the
+    callbacks called), it has the alerts evaluated."""
+
+    def __init__(self, after_apply: Callable[[], None], **options: Any) -> None:
+        super().__init__(**options)
+        self._after_apply = after_apply
+
+    def apply(self, message: Snapshot | Batch) -> BatchOutcome | None:
+        outcome = super().apply(message)
+        if outcome is None or outcome is BatchOutcome.APPLIED:
+            self._after_apply()
+        return outcome
+
+
+_ALERT_DTYPES: Final[dict[str, Any]] = {"cooldown_s": "float64", "fire_count": "int64"}
+
+
+def alerts_frame(states: Sequence[AlertState]) -> pd.DataFrame:
+    """Alert states as a frame indexed by name; ``last_fired`` is ``datetime64[ns, UTC]``."""
+    index = pd.Index([s.name for s in states], name="name", dtype=object)
+    columns = [name for name in ALERT_STATE_FIELDS if name != "name"]
+    data: dict[str, Any] = {}
+    for column in columns:
+        values = [getattr(s, column) for s in states]
+        if column == "last_fired":
+            data[column] = pd.Series(frames.to_utc(values), index=index)
+        else:
+            data[column] = pd.Series(values, index=index, dtype=_ALERT_DTYPES.get(column, "object"))
+    return pd.DataFrame(data, index=index, columns=columns)
 
 
 def server_urls(url: str | Sequence[str] | None) -> list[str]:

@@ -30,6 +30,7 @@ import functools
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -430,9 +431,24 @@ def server_urls(url: str | Sequence[str] | None) -> list[str]:
     return urls
 
 
-# The streams ``connect`` made, by (URLs, token hash): re-running a notebook cell replaces its stream.
-_connected: dict[tuple[str, str], weakref.ref[PortfolioStream]] = {}
+# The streams ``connect`` made, by (URLs, token hash, session): re-running a notebook cell
+# replaces its stream.
+_connected: dict[tuple[str, str, int], weakref.ref[PortfolioStream]] = {}
 _connected_lock = threading.Lock()
+
+
+def _session() -> int:
+    """Which notebook session is connecting: one per process, but ``marimo run`` serves every
+    viewer's session from one process, each with its own runtime context (on its own thread), and
+    one viewer's connect() must not close another's stream."""
+    marimo_context = sys.modules.get("marimo._runtime.context")  # never imports marimo itself
+    if marimo_context is None:
+        return 0
+    try:
+        context = marimo_context.safe_get_context()
+    except Exception:  # marimo's internals moved: one session per process, as elsewhere
+        return 0
+    return 0 if context is None else id(context)
 
 
 def connect(
@@ -446,14 +462,15 @@ def connect(
     ``channels``, ``poll_interval_s``, ``freshness`` (FreshnessRules), ``max_fills``,
     ``backoff_base_s``, ``backoff_cap_s``, ``fallback_after_failures``, ``connect_timeout_s``.
 
-    Calling it again in the same process with the same URL and token closes the
-    stream the previous call returned, so re-running ``live = afl.connect()`` in a
-    notebook never piles up connections against the server's per-user limit.
+    Calling it again in the same session (a kernel; under ``marimo run``, a viewer's
+    session) with the same URL and token closes the stream the previous call
+    returned, so re-running ``live = afl.connect()`` in a notebook never piles up
+    connections against the server's per-user limit.
     Streams made with ``PortfolioStream(...)`` directly are left alone.
     """
     start = options.pop("start", True)
     stream = PortfolioStream(url, token, start=False, **options)
-    key = (",".join(stream.urls), hashlib.sha256(stream._token.encode()).hexdigest())
+    key = (",".join(stream.urls), hashlib.sha256(stream._token.encode()).hexdigest(), _session())
     with _connected_lock:
         previous = _connected.get(key)
         _connected[key] = weakref.ref(stream)

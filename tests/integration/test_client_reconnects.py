@@ -6,6 +6,9 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
+import threading
+import types
 
 import pytest
 
@@ -43,6 +46,42 @@ async def test_connecting_again_with_the_same_url_and_token_closes_the_previous_
     await other.until(lambda live: live.status == "live")
     assert second.status == "live"
     for live in (second, other):
+        live.close()
+
+
+async def test_under_marimo_run_one_viewers_connect_leaves_anothers_stream_alone(
+    start_server, tokens: Tokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``marimo run`` serves each viewer's session from one process, with a runtime context per
+    session (thread-local): only a re-run within a session replaces its stream."""
+    server = start_server()
+    url = f"{server.ws_base}/ws/portfolio"
+    contexts = threading.local()
+    fake_marimo = types.ModuleType("marimo._runtime.context")
+    fake_marimo.safe_get_context = lambda: getattr(contexts, "current", None)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "marimo._runtime.context", fake_marimo)
+
+    def viewer_connects(context: object) -> afl.PortfolioStream:
+        made: list[afl.PortfolioStream] = []
+
+        def run() -> None:
+            contexts.current = context
+            made.append(afl.connect(url, tokens.alice, **FAST))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(timeout=10)
+        return made[0]
+
+    first_viewer, second_viewer = object(), object()
+    first = viewer_connects(first_viewer)
+    second = viewer_connects(second_viewer)
+    await second.until(lambda live: live.status == "live")
+    await first.until(lambda live: live.status == "live")
+    rerun = viewer_connects(first_viewer)  # the first viewer runs its cell again
+    await rerun.until(lambda live: live.status == "live")
+    assert (first.status, second.status) == ("closed", "live")
+    for live in (second, rerun):
         live.close()
 
 

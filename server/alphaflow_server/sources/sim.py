@@ -13,6 +13,17 @@ volatility per ticker, time compressed by ``speed`` so that moves are visible
 in a demo), rounded to cents. Orders go new → accepted → partially_filled →
 filled; a few are canceled (limit orders that do not fill in time) or
 rejected.
+
+Buying power, as a broker applies it: each simulated trader keeps its own
+cash and positions, and an order whose opening part (what it adds beyond
+flat, long or short) would cost more than the trader's buying power is
+rejected at once (``new`` → ``rejected``), as Alpaca rejects one for
+"insufficient buying power". The rule is the engine's Reg-T estimate
+(``PortfolioEngine.account``): ``multiplier × equity − gross exposure``, less
+what the trader's open orders would open (a broker reserves that). Closing
+orders always pass. The fuller the account, the likelier the trader's next
+order reduces a position, so the account hovers well inside its limit over a
+whole day instead of living at it.
 """
 
 from __future__ import annotations
@@ -80,6 +91,8 @@ class SimConfig:
     initial_cash: Decimal = Decimal("100000")
     # Positions each user starts with, bought at the opening prices.
     opening_positions: int = 5
+    # Buying power = this × equity − gross exposure: the engine's Reg-T estimate (its default, 2).
+    buying_power_multiplier: Decimal = Decimal(2)
 
 
 @dataclass(slots=True)
@@ -104,7 +117,9 @@ class _Order:
 @dataclass(slots=True)
 class _Trader:
     user_id: str
+    cash: Decimal
     holdings: dict[str, Decimal] = field(default_factory=dict)
+    # Open orders, in the order they were placed.
     orders: list[_Order] = field(default_factory=list)
 
 
@@ -117,7 +132,7 @@ class MarketSimulator:
         self._symbols = [_Symbol(s, float(p), vol, w, start_time) for s, p, vol, w in UNIVERSE]
         self._weights = list(itertools.accumulate(s.weight for s in self._symbols))
         self._by_name = {s.name: s for s in self._symbols}
-        self._traders = {user: _Trader(user) for user in config.users}
+        self._traders = {user: _Trader(user, config.initial_cash) for user in config.users}
         self._ids = itertools.count(1)
         # Fill ids are idempotency keys and order ids upsert: a run restarted on the same state must
         # not reuse its predecessor's. The start time (ms, base 36) tells runs apart and keeps a
@@ -136,6 +151,47 @@ class MarketSimulator:
 
     def price(self, symbol: str) -> Decimal:
         return Decimal(f"{self._by_name[symbol].price:.2f}")
+
+    def buying_power(self, user_id: str) -> Decimal:
+        """What the user's next order may still open: the engine's Reg-T estimate less open orders."""
+        trader = self._traders[user_id]
+        return max(Decimal(0), self._headroom(trader) - self._opening_cost(trader, trader.orders))
+
+    # ------------------------------------------------------- buying power
+
+    def _equity_and_gross(self, trader: _Trader) -> tuple[Decimal, Decimal]:
+        values = [qty * self.price(symbol) for symbol, qty in trader.holdings.items()]
+        return trader.cash + sum(values, Decimal(0)), sum((abs(v) for v in values), Decimal(0))
+
+    def _headroom(self, trader: _Trader) -> Decimal:
+        """``multiplier × equity − gross exposure`` at the latest prices (as the engine's account)."""
+        equity, gross = self._equity_and_gross(trader)
+        return max(Decimal(0), self.config.buying_power_multiplier * equity - gross)
+
+    def _opening_cost(self, trader: _Trader, orders: list[_Order]) -> Decimal:
+        """What ``orders`` would open beyond flat, in turn, at their limit price or the mark.
+
+        A buy against a short (a sell against a long) first closes it, which costs no buying power;
+        only the part beyond flat opens exposure.
+        """
+        projected = dict(trader.holdings)
+        cost = Decimal(0)
+        for order in orders:
+            data = order.data
+            held = projected.get(data.symbol, Decimal(0))
+            signed = order.remaining if data.side == "buy" else -order.remaining
+            opening = abs(signed) if held == 0 or (held > 0) == (signed > 0) else abs(signed) - abs(held)
+            if opening > 0:
+                cost += opening * (data.limit_price or self.price(data.symbol))
+            projected[data.symbol] = held + signed
+        return cost
+
+    def _utilisation(self, trader: _Trader) -> float:
+        """The share of the account's limit (``multiplier × equity``) held or reserved by open orders."""
+        equity, gross = self._equity_and_gross(trader)
+        limit = self.config.buying_power_multiplier * equity
+        used = gross + self._opening_cost(trader, trader.orders)
+        return 1.0 if limit <= 0 else min(1.0, float(used / limit))
 
     # ----------------------------------------------------------- messages
 
@@ -219,7 +275,8 @@ class MarketSimulator:
     def _place(self, trader: _Trader, ts: str) -> list[Event]:
         rng = self._rng
         held = [s for s, q in trader.holdings.items() if q != 0]
-        if held and rng.random() < 0.45:
+        # Mostly new risk while there is room; mostly reductions once the account is nearly full.
+        if held and rng.random() < 0.45 + 0.5 * self._utilisation(trader) ** 2:
             name = rng.choice(held)
             qty_held = trader.holdings[name]
             side = "sell" if qty_held > 0 else "buy"
@@ -237,7 +294,12 @@ class MarketSimulator:
             kind = "limit"
         order = self._new_order(trader, name, side, qty, kind, limit)
         events: list[Event] = [OrderEvent(ts=ts, data=order.data)]
-        if rng.random() < 0.03:
+        cost = self._opening_cost(trader, [*trader.orders, order]) - self._opening_cost(trader, trader.orders)
+        if cost > self.buying_power(trader.user_id):
+            # Insufficient buying power: the broker refuses it before it reaches the market.
+            order.data = self._order_update(order, "rejected", ts)
+            events.append(OrderEvent(ts=ts, data=order.data))
+        elif rng.random() < 0.03:
             order.data = self._order_update(order, "rejected", ts)
             events.append(OrderEvent(ts=ts, data=order.data))
         else:
@@ -260,7 +322,8 @@ class MarketSimulator:
                     order.data = self._order_update(order, "canceled", ts)
                     return [OrderEvent(ts=ts, data=order.data)]
                 return []
-            price = data.limit_price
+            # At the limit or better, as an exchange fills it: never above the market for a buy.
+            price = min(market, data.limit_price) if data.side == "buy" else max(market, data.limit_price)
         else:
             price = market
         if rng.random() > 0.6:
@@ -297,6 +360,7 @@ class MarketSimulator:
         signed = qty if data.side == "buy" else -qty
         position_qty = trader.holdings.get(data.symbol, Decimal(0)) + signed
         trader.holdings[data.symbol] = position_qty
+        trader.cash -= signed * price
         if position_qty == 0:
             del trader.holdings[data.symbol]
         done = order.remaining == 0

@@ -16,13 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# The widgets' front end ships as written: copied from js/src into the package.
+# The widgets' front end ships as written: its modules copied from js/src into the package
+# (alphaflow_live/frontend.py joins them into the one module anywidget loads).
 STATIC := alphaflow_live/static
+FRONT_END := $(patsubst js/src/%,$(STATIC)/%,$(wildcard js/src/*.js js/src/*.css js/src/parts/*.js))
 $(STATIC)/%: js/src/%
-	@mkdir -p $(STATIC)
+	@mkdir -p $(@D)
 	cp $< $@
 
-install: $(STAMP) $(STATIC)/widget.js $(STATIC)/widget.css
+install: $(STAMP) $(FRONT_END)
 
 # What the tests need beyond the venv: Debian's Chromium (the browser tests drive it
 # with Playwright; no browser can be downloaded here), Debian's redis-server (the Redis

@@ -10,7 +10,8 @@ export const DEFAULT_TRAITS = {
   delayed_s: 30,
   max_rows: 50,
   title: "",
-  rows: { version: 0, positions: {}, orders: {}, account: null },
+  done_statuses: ["canceled", "expired", "filled", "rejected", "replaced"],
+  rows: { version: 0, positions: {}, orders: {}, fills: {}, equity: [], account: null },
   delta: { version: 0 },
 };
 
@@ -53,6 +54,7 @@ export function position(symbol, fields = {}) {
     market_value: "1000.00",
     unrealized_pl: "0.00",
     unrealized_plpc: "0",
+    unrealized_intraday_pl: "0.00",
     change_today: "0",
     ...fields,
   };
@@ -68,7 +70,9 @@ export function order(id, fields = {}) {
     filled_qty: "0",
     filled_avg_price: null,
     limit_price: null,
+    stop_price: null,
     status: "new",
+    submitted_at: "2025-01-02T15:00:00Z",
     updated_at: "2025-01-02T15:00:00Z",
     ...fields,
   };
@@ -80,6 +84,8 @@ export function account(fields = {}) {
     last_equity: "99000.00",
     cash: "25000.00",
     buying_power: "50000.00",
+    long_market_value: "0.00",
+    short_market_value: "0.00",
     realized_pl_today: "0",
     currency: "USD",
     updated_at: "2025-01-02T15:00:00Z",
@@ -87,12 +93,34 @@ export function account(fields = {}) {
   };
 }
 
-/** Rows trait holding the given positions (and optionally orders/account). */
-export function rowsOf(positions, { version = 1, orders = {}, account: acct = null } = {}) {
+/** A Fill as the Python side sends it. */
+export function fill(id, fields = {}) {
+  return {
+    id,
+    order_id: `o-${id}`,
+    symbol: "AAPL",
+    side: "buy",
+    qty: "10",
+    price: "187.20",
+    position_qty: "10",
+    timestamp: "2025-01-02T15:00:00Z",
+    ...fields,
+  };
+}
+
+/** A row-keyed change upserting the given rows (keyed by `key`) and removing `remove`. */
+export function upserting(items, key = "id", remove = []) {
+  return { upsert: Object.fromEntries(items.map((item) => [item[key], item])), remove };
+}
+
+/** Rows trait holding the given positions (and optionally orders, fills, equity, account). */
+export function rowsOf(positions, { version = 1, orders = {}, fills = {}, equity = [], account: acct = null } = {}) {
   return {
     version,
     positions: Object.fromEntries(positions.map((p) => [p.symbol, p])),
     orders,
+    fills,
+    equity,
     account: acct,
   };
 }

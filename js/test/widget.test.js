@@ -1,55 +1,28 @@
-import { afterEach, beforeEach, describe, expect, test, vi } from "vitest";
+import { describe, expect, test, vi } from "vitest";
 import * as widgetModule from "../src/widget.js";
 import widget, { classifyFreshness, mergeDelta } from "../src/widget.js";
-import { account, createFakeModel, order, position, rowsOf, stubReducedMotion } from "./fake-model.js";
+import { account, createFakeModel, fill, order, position, rowsOf, stubReducedMotion, upserting } from "./fake-model.js";
+import { NOW, mount, mountView, nextFrame, useWidgetHarness } from "./harness.js";
 
 // anywidget calls render through the default export; a named `render` export would make it warn.
 const { render } = widget;
 
-const NOW = Date.UTC(2025, 0, 2, 15, 0, 0);
-
-let cleanups = [];
-
-beforeEach(() => {
-  // Fakes setTimeout/setInterval, Date and requestAnimationFrame alike.
-  vi.useFakeTimers();
-  vi.setSystemTime(NOW);
-});
-
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0)) cleanup();
-  document.body.replaceChildren();
-  vi.useRealTimers();
-});
-
-/** Renders a widget into a fresh element; returns the model, element and cleanup. */
-function mount(traits = {}) {
-  const model = createFakeModel({ last_data_ms: NOW, ...traits });
-  const el = document.createElement("div");
-  document.body.append(el);
-  const cleanup = render({ model, el });
-  cleanups.push(cleanup);
-  return { model, el, cleanup };
-}
-
-/** Runs the pending animation frame (where deltas reach the DOM). */
-function nextFrame() {
-  vi.advanceTimersToNextFrame();
-}
+useWidgetHarness();
 
 const plCell = (el, symbol) => el.querySelector(`tr[data-symbol="${symbol}"] td[data-col="unrealized_pl"]`);
 const cell = (el, symbol, col) => el.querySelector(`tr[data-symbol="${symbol}"] td[data-col="${col}"]`);
 const symbols = (el) =>
   [...el.querySelectorAll('table[aria-label="Positions"] tbody tr')].map((tr) => tr.dataset.symbol);
 const header = (el, label) =>
-  [...el.querySelectorAll('table[aria-label="Positions"] th')].find((th) => th.textContent === label);
+  [...el.querySelectorAll('table[aria-label="Positions"] thead th')].find((th) => th.textContent === label);
 
 function deltaUpserting(version, positions, extra = {}) {
   return {
     version,
     positions: { upsert: Object.fromEntries(positions.map((p) => [p.symbol, p])), remove: [] },
     orders: { upsert: {}, remove: [] },
-    fills: [],
+    fills: { upsert: {}, remove: [] },
+    equity: [],
     ...extra,
   };
 }
@@ -283,7 +256,7 @@ describe("positions table", () => {
     const th = header(el, "Market value");
     expect(th.getAttribute("aria-sort")).toBe("none");
 
-    th.querySelector("button").click();
+    th.click();
     expect(symbols(el)).toEqual(["AAPL", "TSLA", "MSFT"]); // numeric, not "10000" < "2000" < "900"
     expect(th.getAttribute("aria-sort")).toBe("ascending");
     expect(header(el, "Symbol").getAttribute("aria-sort")).toBe("none");
@@ -327,7 +300,7 @@ describe("deltas", () => {
       positions: { upsert: { TSLA: position("TSLA") }, remove: ["MSFT"] },
       orders: { upsert: { o2: order("o2") }, remove: ["o1"] },
       account: account(),
-      fills: [],
+      fills: { upsert: {}, remove: [] },
     });
     const rows = model.get("rows");
     expect(rows.version).toBe(5);
@@ -344,12 +317,24 @@ describe("deltas", () => {
     expect(merged.account.equity).toBe("100000.00");
   });
 
+  test("fills merge by id, and equity points are appended as the same objects", () => {
+    const first = [NOW, 100000, 0];
+    const rows = rowsOf([], { fills: { f1: fill("f1"), f2: fill("f2") }, equity: [first] });
+    const next = [NOW + 1000, 100010, 10];
+    const merged = mergeDelta(rows, { version: 2, fills: upserting([fill("f3")], "id", ["f1"]), equity: [next] });
+    expect(Object.keys(merged.fills)).toEqual(["f2", "f3"]);
+    expect(merged.equity).toEqual([first, next]);
+    expect(merged.equity[0]).toBe(first); // the chart finds where it left off by identity
+    expect(rows.equity).toEqual([first]); // the old rows are left as they were
+    expect(mergeDelta(rows, { version: 3 }).fills).toBe(rows.fills); // unchanged maps are not copied
+  });
+
   test("a stale delta (version <= held) is ignored", () => {
     const rows = rowsOf([position("AAPL", { unrealized_pl: "10.00" })], { version: 7 });
     const { el, model } = mount({ rows });
     model.sendDelta(
       deltaUpserting(7, [position("AAPL", { unrealized_pl: "99.00" })], {
-        fills: [{ id: "f", order_id: "o", symbol: "AAPL", side: "buy", qty: "1", price: "1" }],
+        fills: upserting([fill("f", { qty: "1", price: "1" })]),
       }),
     );
     model.sendDelta(deltaUpserting(3, [position("AAPL", { unrealized_pl: "98.00" })]));
@@ -414,11 +399,10 @@ describe("deltas", () => {
 
   test("a second view of the same model shows a delta the first view merged", () => {
     const { model } = mount({ rows: rowsOf([position("AAPL", { current_price: "100.00" })]) });
-    const second = document.createElement("div");
-    cleanups.push(render({ model, el: second }));
+    const second = mountView(model);
     model.sendDelta(
       deltaUpserting(2, [position("AAPL", { current_price: "105.00" })], {
-        fills: [{ id: "f1", order_id: "o1", symbol: "AAPL", side: "buy", qty: "1", price: "105" }],
+        fills: upserting([fill("f1", { order_id: "o1", qty: "1", price: "105" })]),
       }),
     );
     nextFrame();
@@ -450,10 +434,7 @@ describe("orders and toasts", () => {
     const { el, model } = mount();
     const region = el.querySelector(".afl-toasts");
     expect(region.getAttribute("aria-live")).toBe("polite");
-    model.sendDelta({
-      version: 2,
-      fills: [{ id: "f1", order_id: "o1", symbol: "AAPL", side: "buy", qty: "10", price: "187.2" }],
-    });
+    model.sendDelta({ version: 2, fills: upserting([fill("f1", { order_id: "o1", price: "187.2" })]) });
     nextFrame();
     expect(region.textContent).toBe("Filled: BUY 10 AAPL @ 187.20");
     vi.advanceTimersByTime(3999);
@@ -483,7 +464,7 @@ describe("orders and toasts", () => {
         upsert: { o1: order("o1", { status: "filled", filled_qty: "10", filled_avg_price: "187.2" }) },
         remove: [],
       },
-      fills: [{ id: "f1", order_id: "o1", symbol: "AAPL", side: "buy", qty: "10", price: "187.2" }],
+      fills: upserting([fill("f1", { order_id: "o1", price: "187.2" })]),
     });
     nextFrame();
     expect(el.querySelector(".afl-toasts").childElementCount).toBe(1);
@@ -510,7 +491,7 @@ describe("cleanup", () => {
     const cleanup = render({ model, el });
     model.sendDelta(
       deltaUpserting(2, [position("AAPL", { unrealized_pl: "2.00" })], {
-        fills: [{ id: "f1", order_id: "o1", symbol: "AAPL", side: "buy", qty: "1", price: "2" }],
+        fills: upserting([fill("f1", { order_id: "o1", qty: "1", price: "2" })]),
       }),
     );
     nextFrame(); // starts an animation fallback timer and a toast timer

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.client import close_all
+from tests.support.jupyter import launch_chromium
 from tests.support.redis import RedisCluster, RedisServer
 from tests.support.server import ServerProcess, Tokens, write_users
 
@@ -78,3 +80,14 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    """A page of Debian's Chromium (headless, driven by Playwright), closed after the test."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        browser.close()

@@ -4,68 +4,17 @@ from __future__ import annotations
 
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.jupyter import JupyterLab, launch_chromium
+from tests.support.browser import failure_shot, run_all_cells, shot
+from tests.support.jupyter import JupyterLab
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts" / "e2e"
 BADGE_IS_LIVE = "document.querySelector('.afl-component-portfolio .afl-badge')?.textContent.trim() === 'Live'"
-
-
-@pytest.fixture
-def page(tmp_path: Path) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        yield page
-        browser.close()
-
-
-def shot(page: Any, name: str) -> None:
-    """The page with the widget in view, and the widget alone."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    widget = page.locator(".afl-component-portfolio").first
-    widget.scroll_into_view_if_needed()
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    widget.screenshot(path=str(ARTIFACTS / f"{name}-widget.png"))
-
-
-def run_all_cells(page: Any, done: str) -> None:
-    """Run → Run All Cells until ``done`` (a selector) shows up.
-
-    A click that lands while the kernel session is still settling can be lost,
-    or raise a "Select Kernel" dialog that drops the queued cells; then accept
-    the default kernel and run again.
-    """
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    page.get_by_text("Python 3 (ipykernel) | Idle").first.wait_for(timeout=60_000)
-    for _ in range(4):
-        accept_kernel_dialog(page)
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-        try:
-            page.locator(done).first.wait_for(timeout=20_000)
-            return
-        except PlaywrightTimeout:
-            page.keyboard.press("Escape")
-    raise AssertionError(f"Run All Cells never produced {done}")
-
-
-def accept_kernel_dialog(page: Any) -> None:
-    """A click that lands while the session starts can raise "Select Kernel": take the default."""
-    dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
-    if dialog.count():
-        dialog.locator(".jp-mod-accept").click()
 
 
 def test_the_live_notebook_streams_animates_and_survives_a_server_restart(
@@ -138,8 +87,7 @@ def test_the_live_notebook_streams_animates_and_survives_a_server_restart(
             f"expected no anywidget deprecation warning in the console, got: {deprecations}"
         )
     except Exception:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "failure.png"))
+        failure_shot(page)
         raise
     finally:
         lab.stop()

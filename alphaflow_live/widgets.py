@@ -29,6 +29,7 @@ two locks are never held together.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -358,8 +359,50 @@ class PortfolioWidget(_LiveWidget):
     """Status, freshness, account and exposure, the day's equity chart, positions (flashing
     P&L, weights, totals), the orders and fills blotters, and toasts for fills and alerts."""
 
+    # The static snapshot (report.snapshot_html) as of the last cell run: the notebook's saved
+    # widget state keeps it, and export.WidgetSnapshots puts it in an exported page. Refreshed
+    # once per cell run and when the stream closes, not with every delta.
+    snapshot = traitlets.Unicode("").tag(sync=True)
+
     _component = "portfolio"
     _shows_alerts = True
+
+    def __init__(self, live: StreamReader, **kwargs: Any) -> None:
+        super().__init__(live, **kwargs)
+        self.refresh_snapshot()
+        self._shell = _ipython()
+        if self._shell is not None:
+            self._shell.events.register("post_run_cell", self._after_cell)
+
+    def refresh_snapshot(self) -> None:
+        from .report import snapshot_html
+
+        self.snapshot = snapshot_html(self.live)
+
+    def _after_cell(self, _result: Any = None) -> None:
+        if not self._closed:
+            self.refresh_snapshot()
+
+    def _on_status(self, status: str) -> None:
+        if status == "closed" and not self._closed:
+            self.refresh_snapshot()
+        super()._on_status(status)
+
+    def close(self) -> None:
+        shell, self._shell = getattr(self, "_shell", None), None
+        if shell is not None:
+            with contextlib.suppress(ValueError):
+                shell.events.unregister("post_run_cell", self._after_cell)
+        super().close()
+
+
+def _ipython() -> Any:
+    """The running IPython shell, if this is a kernel (or an IPython session)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
 
 
 class ConnectionStatus(_LiveWidget):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -167,6 +168,67 @@ def test_the_widget_offers_the_snapshot_to_front_ends_without_widgets() -> None:
     assert "application/vnd.jupyter.widget-view+json" in data
     assert "S001" in data["text/html"]
     widget.close()
+
+
+def test_the_snapshot_shows_exposure_and_the_days_equity_curve_as_an_image() -> None:
+    live = stream_with(3)
+    feed(live, [equity_update("100100.00", 1_000), equity_update("99950.00", 2_000)])
+
+    page = live.snapshot_html()
+
+    for label in (
+        "Equity",
+        "Day P&amp;L",
+        "Realized today",
+        "Cash",
+        "Buying power",
+        "Long",
+        "Short",
+        "Gross",
+        "Net",
+    ):
+        assert f'<span class="afl-snap-k">{label}</span>' in page, label
+    chart = re.search(r'<svg role="img" aria-label="(Equity [^"]*)"', page)
+    assert chart is not None, page
+    assert "day P&amp;L -50.00" in chart.group(1)
+    assert "<script" not in page
+
+
+class FakeShell:
+    """IPython's event registry, as far as a widget uses it."""
+
+    def __init__(self) -> None:
+        self.callbacks: dict[str, list[Any]] = {"post_run_cell": []}
+        self.events = self
+
+    def register(self, event: str, callback: Any) -> None:
+        self.callbacks[event].append(callback)
+
+    def unregister(self, event: str, callback: Any) -> None:
+        self.callbacks[event].remove(callback)
+
+    def run_cell(self) -> None:
+        for callback in list(self.callbacks["post_run_cell"]):
+            callback(None)
+
+
+def test_the_widgets_snapshot_follows_each_cell_run_until_it_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shell = FakeShell()
+    monkeypatch.setattr("alphaflow_live.widgets._ipython", lambda: shell)
+    live = stream_with(1)
+    widget = PortfolioWidget(live)
+    assert ">S000<" in widget.snapshot and ">LATE<" not in widget.snapshot
+
+    tick(live, "LATE", 3)
+    assert ">LATE<" not in widget.snapshot, "refreshed with every change, not once per cell"
+    shell.run_cell()
+    assert ">LATE<" in widget.snapshot
+
+    widget.close()
+    assert shell.callbacks["post_run_cell"] == [], "a closed widget left its hook behind"
+    widget.close()  # again, as when it is collected
 
 
 def test_widgets_flush_on_the_streams_thread_and_start_no_threads_of_their_own() -> None:

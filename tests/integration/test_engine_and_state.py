@@ -282,6 +282,43 @@ async def test_the_simulator_streams_a_live_demo_portfolio(start_server, tmp_pat
     assert stats["events_in"] > 0 and stats["health"] == "healthy"
 
 
+async def test_the_simulator_carries_on_from_the_kept_book_after_a_restart(start_server, tmp_path) -> None:
+    """A restart on the same state must not open the demo account again: a fresh account's cash
+    beside the positions kept would add about the whole opening cash to its equity."""
+    users_file = tmp_path / "users.json"
+    server = start_server("--source", "sim", "--batch-window-ms", "50", users_file=users_file)
+    demo_token = (tmp_path / "demo.token").read_text().strip()
+
+    async def demo_account() -> Snapshot:
+        snapshot = await rest_snapshot(server.http_base, demo_token)
+        assert snapshot.account is not None and snapshot.positions
+        return snapshot
+
+    async def has_account() -> bool:
+        snapshot = await rest_snapshot(server.http_base, demo_token)
+        return snapshot.account is not None and bool(snapshot.positions)
+
+    await async_wait_until(has_account, timeout=30, what="the demo account to open")
+    before = await demo_account()
+    await asyncio.to_thread(server.restart)
+    await async_wait_until(
+        lambda: _moved_past(server.http_base, demo_token, before.seq),
+        timeout=30,
+        what="the market after a restart",
+    )
+    after = await demo_account()
+
+    assert before.account is not None and after.account is not None
+    opening_cash = Decimal(100_000)
+    jump = abs(after.account.equity - before.account.equity)
+    assert jump < opening_cash / 10, f"equity went from {before.account.equity} to {after.account.equity}"
+    assert after.account.cash < opening_cash + abs(before.account.cash), "a second opening's cash was added"
+
+
+async def _moved_past(http_base: str, token: str, seq: int) -> bool:
+    return (await rest_snapshot(http_base, token)).seq > seq
+
+
 async def test_a_long_history_is_checkpointed_pruned_and_restored_after_a_kill(start_server, tokens) -> None:
     server = start_server("--retain-events", "500", "--retain-seconds", "0")
     feed = await Publisher.connect(server.ws_base, tokens.service)

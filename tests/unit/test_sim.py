@@ -18,6 +18,7 @@ from alphaflow_live.protocol import (
     format_timestamp,
 )
 from alphaflow_server.engine import PortfolioEngine
+from alphaflow_server.sources.port import HeldBook
 from alphaflow_server.sources.sim import MarketSimulator, SimConfig
 
 START = 1_767_535_391.12  # 2026-01-04T14:03:11.120Z
@@ -272,3 +273,16 @@ def test_the_buying_power_is_the_engines_less_what_open_orders_would_open() -> N
     assert ledger.open, "some orders are still open, so the reservation shows"
     assert account.cash == ledger.cash and account.equity == ledger.equity
     assert simulator.buying_power("demo") == max(Decimal(0), account.buying_power - open_cost)
+
+
+def test_a_user_whose_book_survived_carries_on_without_a_new_opening() -> None:
+    held = HeldBook(cash=Decimal("20000"), positions={"AAPL": Decimal("10"), "NOT-SIMULATED": Decimal("3")})
+    simulator = MarketSimulator(SimConfig(seed=3), start_time=START)
+
+    messages = simulator.opening(lambda user_id: held if user_id == "demo" else None)
+
+    assert [m for m in messages if isinstance(m, Publish) and m.user_id == "demo"] == []
+    assert isinstance(messages[0], Prices), "the opening prices go out all the same"
+    # Its buying power is the kept book's: 2 x equity less gross exposure, as the engine has it.
+    equity = Decimal("20000") + 10 * simulator.price("AAPL")
+    assert simulator.buying_power("demo") == 2 * equity - 10 * simulator.price("AAPL")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
@@ -20,6 +21,14 @@ from alphaflow_live.protocol import Ack, MessageError, Prices, Publish
 from ..bus import EventBus
 from ..engine import PortfolioEngine
 from ..stats import Health, HealthStatus
+
+
+@dataclass(frozen=True)
+class HeldBook:
+    """A user's book as the server holds it: cash and the quantity of each position."""
+
+    cash: Decimal
+    positions: dict[str, Decimal]
 
 
 class SourcePort(Protocol):
@@ -37,6 +46,11 @@ class SourcePort(Protocol):
         ...
 
     def realized_pl_today(self, user_id: str) -> Decimal: ...
+
+    def book(self, user_id: str) -> HeldBook | None:
+        """The user's cash and positions if the server holds a book of theirs (it survived a
+        restart), so a source can carry on from it rather than start the user again."""
+        ...
 
     def has_fill(self, user_id: str, fill_id: str) -> bool:
         """Whether this execution is among the user's recent fills (its id is its idempotency key)."""
@@ -103,6 +117,12 @@ class ServerPort:
     def realized_pl_today(self, user_id: str) -> Decimal:
         book = self._engine.books.get(user_id)
         return book.realized_pl_today if book is not None else Decimal(0)
+
+    def book(self, user_id: str) -> HeldBook | None:
+        book = self._engine.books.get(user_id)
+        if book is None:
+            return None
+        return HeldBook(book.cash, {symbol: h.qty for symbol, h in book.holdings.items()})
 
     def has_fill(self, user_id: str, fill_id: str) -> bool:
         return user_id in self._bus and self._bus.user(user_id).state.has_fill(fill_id)

@@ -55,7 +55,7 @@ from alphaflow_live.protocol import (
     format_timestamp,
 )
 
-from .port import Source, SourcePort
+from .port import HeldBook, Source, SourcePort
 
 log = logging.getLogger("alphaflow.server.sim")
 
@@ -121,6 +121,10 @@ class _Trader:
     holdings: dict[str, Decimal] = field(default_factory=dict)
     # Open orders, in the order they were placed.
     orders: list[_Order] = field(default_factory=list)
+
+
+def _nothing_held(user_id: str) -> HeldBook | None:
+    return None
 
 
 class MarketSimulator:
@@ -195,14 +199,26 @@ class MarketSimulator:
 
     # ----------------------------------------------------------- messages
 
-    def opening(self) -> list[Publish | Prices]:
-        """The first messages: every opening price, each user's account and opening positions."""
+    def opening(
+        self, held: Callable[[str], HeldBook | None] = lambda user_id: None
+    ) -> list[Publish | Prices]:
+        """The first messages: every opening price, each user's account and opening positions.
+
+        A user whose book the server already holds (``held``: the state survived a restart)
+        carries on from it, with its cash and positions and no new opening: starting them again
+        would add a fresh account's cash to the positions kept.
+        """
         ts = format_timestamp(self.now)
         messages: list[Publish | Prices] = [
             Prices(prices=[PriceTick(symbol=s.name, price=self.price(s.name), ts=ts) for s in self._symbols])
         ]
         cash = self.config.initial_cash
         for trader in self._traders.values():
+            book = held(trader.user_id)
+            if book is not None and (book.positions or book.cash):
+                trader.cash = book.cash
+                trader.holdings = {s: q for s, q in book.positions.items() if q and s in self._by_name}
+                continue
             account = Account(
                 equity=cash, last_equity=cash, cash=cash, buying_power=cash * 2, portfolio_value=cash,
                 long_market_value=Decimal(0), short_market_value=Decimal(0), realized_pl_today=Decimal(0),
@@ -401,9 +417,10 @@ async def run_simulator(
     *,
     clock: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    held: Callable[[str], HeldBook | None] = _nothing_held,
 ) -> None:
     """Feed the simulator's messages to ``ingest`` in step with ``clock`` (wall seconds)."""
-    for message in simulator.opening():
+    for message in simulator.opening(held):
         await ingest(message)
     step = simulator.config.step_s
     while True:
@@ -424,6 +441,8 @@ def simulator_source(config: SimConfig, *, clock: Callable[[], float] = time.tim
     """The server source: a market that opens when the server starts, on the wall clock."""
 
     async def run(port: SourcePort) -> None:
-        await run_simulator(MarketSimulator(config, start_time=clock()), port.ingest, clock=clock)
+        await run_simulator(
+            MarketSimulator(config, start_time=clock()), port.ingest, clock=clock, held=port.book
+        )
 
     return run

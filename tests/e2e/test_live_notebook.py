@@ -17,6 +17,29 @@ REPO = Path(__file__).resolve().parents[2]
 BADGE_IS_LIVE = "document.querySelector('.afl-component-portfolio .afl-badge')?.textContent.trim() === 'Live'"
 
 
+# The lowest contrast ratio (WCAG) between a text element's colour and the background it is drawn
+# on (the nearest ancestor with an opaque one), over the widget's visible text, flashing cells aside.
+WORST_CONTRAST = """(root) => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92
+    : ((v + 0.055) / 1.055) ** 2.4; }).reduce((a, v, i) => a + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (el) => { for (; el; el = el.parentElement) { const c = rgb(getComputedStyle(el)
+    .backgroundColor); if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c.slice(0, 3); }
+    return [255, 255, 255]; };
+  let worst = { ratio: 99, text: '' };
+  for (const el of document.querySelector(root).querySelectorAll('*')) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    // A flashing cell's tint lasts a moment; the text is judged against the table once it fades.
+    const flashing = el.closest('.afl-flash-gain, .afl-shake-loss, .afl-gain-static, .afl-loss-static');
+    if (!own || flashing || !el.getClientRects().length) continue;
+    const [a, b] = [lum(rgb(getComputedStyle(el).color).slice(0, 3)), lum(background(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < worst.ratio) worst = { ratio, text: el.textContent.trim().slice(0, 40), cls: el.className };
+  }
+  return worst;
+}"""
+
+
 def test_the_live_notebook_streams_animates_and_survives_a_server_restart(
     start_server, tmp_path, page
 ) -> None:
@@ -81,6 +104,16 @@ def test_the_live_notebook_streams_animates_and_survives_a_server_restart(
         assert page.locator(".afl-component-portfolio .afl-banner[hidden]").count() == 1
         assert badge.inner_text().strip() == "Live"
         shot(page, "5-live-again")
+
+        # In JupyterLab Dark every part stays readable: text against what it is drawn on.
+        page.locator(".lm-MenuBar-itemLabel", has_text="Settings").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
+        page.locator(".lm-Menu-itemLabel", has_text="JupyterLab Dark").first.click()
+        page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
+        page.wait_for_timeout(500)  # the theme's stylesheet is applied after the attribute moves
+        worst = page.evaluate(WORST_CONTRAST, ".afl-component-portfolio")
+        shot(page, "6-dark")
+        assert worst["ratio"] >= 4.5, f"unreadable in the dark theme: {worst}"
 
         deprecations = [m for m in console if "deprecated" in m.lower() and "render" in m.lower()]
         assert not deprecations, (

@@ -189,20 +189,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"connect with ALPHAFLOW_URL={url} and a user token (alphaflow-live users add)", flush=True)
 
     try:
-        asyncio.run(server.run_until_signalled(on_ready=ready))
-    except StateError as exc:
-        print(f"alphaflow-live serve: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(
-            f"alphaflow-live serve: cannot listen on {config.host}:{config.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return 1
+        return serve_until_signalled(server, config, ready)
     finally:
         if lock is not None:
             lock.release()
-    return 0
 
 
 def run_cluster_node(args: argparse.Namespace, config: ServerConfig, cluster: ClusterFlags) -> int:
@@ -237,6 +227,13 @@ def run_cluster_node(args: argparse.Namespace, config: ServerConfig, cluster: Cl
         if demo_token is not None:
             print(f"  the demo user's token (shown once): {demo_token}", flush=True)
 
+    return serve_until_signalled(server, config, ready)
+
+
+def serve_until_signalled(
+    server: StreamServer, config: ServerConfig, ready: Callable[[StreamServer], None]
+) -> int:
+    """Run the server until SIGTERM or SIGINT; the exit code, with one line saying why it failed."""
     try:
         asyncio.run(server.run_until_signalled(on_ready=ready))
     except StateError as exc:

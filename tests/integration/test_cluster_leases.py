@@ -38,7 +38,7 @@ from alphaflow_server.cluster.leases import (
     partition_of,
 )
 from alphaflow_server.cluster.source_lease import run_under_lease
-from tests.support.redis import Client, Deployment, RedisServer, connect
+from tests.support.redis import Client, Connect, Deployment, RedisServer, connect
 from tests.support.wait import async_wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -48,14 +48,7 @@ INTERVAL_S = interval_for(LEASE_S)
 PARTITIONS = 64
 REPO = Path(__file__).resolve().parents[2]
 
-Connect = Callable[[], Awaitable[Client]]
 T = TypeVar("T")
-
-
-@pytest.fixture(params=["server", "cluster"])
-def deployment(request: pytest.FixtureRequest) -> Deployment:
-    deployment: Deployment = request.getfixturevalue(f"redis_{request.param}")
-    return deployment
 
 
 @pytest.fixture

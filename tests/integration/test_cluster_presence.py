@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,44 +26,18 @@ from alphaflow_live.protocol import LatencySummary, StatsReport
 from alphaflow_server.cluster import Unavailable
 from alphaflow_server.cluster.merge import merge_reports
 from alphaflow_server.cluster.presence import STATS_KEY, ClusterPresence, conns_key
-from tests.support.redis import Client, Deployment, RedisServer, connect
+from tests.support.redis import Client, Connect, RedisServer, clients_of
 from tests.support.wait import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-Connect = Callable[[], Awaitable[Client]]
 LEASE_S = 1.0
-
-
-@pytest.fixture(params=["server", "cluster"])
-def deployment(request: pytest.FixtureRequest) -> Deployment:
-    deployment: Deployment = request.getfixturevalue(f"redis_{request.param}")
-    return deployment
-
-
-async def _clients(deployment: Deployment) -> AsyncIterator[Connect]:
-    clients: list[Client] = []
-
-    async def open_one() -> Client:
-        clients.append(await connect(deployment))
-        return clients[-1]
-
-    yield open_one
-    for client in clients:
-        await client.aclose()
-
-
-@pytest.fixture
-async def open_client(deployment: Deployment) -> AsyncIterator[Connect]:
-    """Clients of a single server and of a cluster, in turn (each node its own connections)."""
-    async for opener in _clients(deployment):
-        yield opener
 
 
 @pytest.fixture
 async def server_client(redis_server: RedisServer) -> AsyncIterator[Connect]:
     """Clients of one redis-server, for what does not depend on slots."""
-    async for opener in _clients(redis_server):
+    async for opener in clients_of(redis_server):
         yield opener
 
 

@@ -46,12 +46,6 @@ TOKEN_LINE = "token (shown once; only its hash is stored): "
 PROPAGATION_S = 1.0  # the promise: a change reaches every node within a second
 
 
-@pytest.fixture(params=["server", "cluster"])
-def deployment(request: pytest.FixtureRequest) -> Deployment:
-    deployment: Deployment = request.getfixturevalue(f"redis_{request.param}")
-    return deployment
-
-
 @pytest.fixture
 def sync_store(deployment: Deployment) -> Iterator[RedisUserStore]:
     client = open_sync_client(deployment.url)

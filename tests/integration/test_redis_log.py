@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 import pytest
@@ -30,34 +29,12 @@ from alphaflow_server.cluster import (
     user_keys,
 )
 from tests.support import events as ev
-from tests.support.redis import Client, Deployment, LiveSubscriber, RedisServer, connect
+from tests.support.redis import Connect, Deployment, LiveSubscriber, RedisServer, connect
 
 pytestmark = pytest.mark.timeout(60)
 
 OWNER = 7  # the fencing token of the partition's owner in these tests
 _decode = msgspec.json.Decoder(Event).decode
-
-Connect = Callable[[], Awaitable[Client]]
-
-
-@pytest.fixture(params=["server", "cluster"])
-def deployment(request: pytest.FixtureRequest) -> Deployment:
-    deployment: Deployment = request.getfixturevalue(f"redis_{request.param}")
-    return deployment
-
-
-@pytest.fixture
-async def open_client(deployment: Deployment) -> AsyncIterator[Connect]:
-    """Open clients of the deployment (each its own connections); all closed after the test."""
-    clients: list[Client] = []
-
-    async def open_one() -> Client:
-        clients.append(await connect(deployment))
-        return clients[-1]
-
-    yield open_one
-    for client in clients:
-        await client.aclose()
 
 
 async def owned_log(open_client: Connect, user: str, retention: Retention | None = None) -> RedisLog:

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -247,6 +248,22 @@ class RedisCluster:
 
 Deployment = RedisServer | RedisCluster
 Client = redis.asyncio.Redis | redis.asyncio.RedisCluster
+
+
+Connect = Callable[[], Awaitable[Client]]
+
+
+async def clients_of(deployment: Deployment) -> AsyncIterator[Connect]:
+    """An opener of clients of the deployment, for a fixture to yield; each closed afterwards."""
+    clients: list[Client] = []
+
+    async def open_one() -> Client:
+        clients.append(await connect(deployment))
+        return clients[-1]
+
+    yield open_one
+    for client in clients:
+        await client.aclose()
 
 
 async def connect(deployment: Deployment) -> Client:

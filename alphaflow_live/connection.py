@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .backoff import Backoff
 from .codes import SNAPSHOT_PATH
-from .protocol import encode, server_message_decoder, snapshot_decoder
+from .protocol import encode
 from .tracking import (
     Action,
     Apply,
@@ -44,6 +44,7 @@ from .tracking import (
     polled,
     refused,
 )
+from .trusted import trusted_server_message_decoder, trusted_snapshot_decoder
 
 log = logging.getLogger("alphaflow_live")
 
@@ -125,7 +126,8 @@ async def _stream_once(
             await _carry_out(ws, sink, tracker.opened(sink.held()))
             async for frame in ws:
                 sink.count("bytes", len(frame))
-                message = server_message_decoder.decode(frame)
+                # The server's own frames: decoded without checking its values again (``trusted``).
+                message = trusted_server_message_decoder.decode(frame)
                 streamed |= await _carry_out(ws, sink, tracker.receive(message, sink.held()))
         finally:
             watcher.cancel()
@@ -238,5 +240,5 @@ async def _poll_once(
         sink.set_status("offline", f"{reason}; {problem}" if reason else problem)
         return None
     sink.count("bytes", len(body))
-    await _carry_out(None, sink, polled(snapshot_decoder.decode(body), reason))
+    await _carry_out(None, sink, polled(trusted_snapshot_decoder.decode(body), reason))
     return None

@@ -1,10 +1,13 @@
-"""Kernel-side costs: applying a 1,000-event batch, reading positions of 500 symbols,
-and the widget's comm messages while 1,000 ticks per second arrive.
+"""Kernel-side costs: decoding and applying a 1,000-event batch, reading positions of 500
+symbols, and the widget's comm messages while 1,000 ticks per second arrive.
 
-Prints a table; the baseline row rebuilds the frame from the whole state each
-time (no row cache), in the same process. The widget lines (``widget: …``)
-compare the throttled, row-keyed deltas with sending the whole rows on every
-change. Run: ``make bench`` or ``.venv/bin/python bench/bench_client.py [--quick]``.
+Prints a table. The client's (trusted) decode is timed side by side with the
+strict decoder (its baseline row) and with ``msgspec.json.decode`` of the same
+bytes into plain dicts and strings, the floor of any decode; the line after the
+table gives the ratios to that floor. The other baseline row rebuilds the frame
+from the whole state each time (no row cache), in the same process. The widget
+lines (``widget: …``) compare the throttled, row-keyed deltas with sending the
+whole rows on every change. Run: ``make bench`` or ``.venv/bin/python bench/bench_client.py [--quick]``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import sys
 import time
 from collections.abc import Callable
 from decimal import Decimal
+
+import msgspec
 
 from alphaflow_live import frames
 from alphaflow_live.client import PortfolioStream
@@ -29,6 +34,7 @@ from alphaflow_live.protocol import (
     server_message_decoder,
 )
 from alphaflow_live.state import PortfolioState
+from alphaflow_live.trusted import trusted_server_message_decoder
 
 TS = "2026-01-04T14:03:11.120Z"
 SYMBOLS = [f"S{i:03d}" for i in range(500)]
@@ -62,6 +68,15 @@ def timed(fn: Callable[[], object], repeat: int) -> list[float]:
         started = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def timed_side_by_side(fns: list[Callable[[], object]], repeat: int) -> list[list[float]]:
+    """``timed`` for each of ``fns``, taking turns, so that they share the machine's ups and downs."""
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, taken in zip(fns, samples, strict=True):
+            taken += timed(fn, 1)
     return samples
 
 
@@ -140,10 +155,17 @@ def main() -> int:
         seq[0] += 1000
         return Batch(epoch="e-1", from_seq=start, to_seq=seq[0], server_time=TS, events=events)
 
-    # 1. A 1,000-event batch: decode it, apply it to the pure state, and through the client
-    #    (lock, callbacks, stats).
+    # 1. A 1,000-event batch: decode it (the client's trusted decoder, the strict one, and untyped),
+    #    apply it to the pure state and through the client (lock, callbacks, stats), and both.
     wire = encode(next_batch())
-    decode = timed(lambda: server_message_decoder.decode(wire), repeat)
+    decode, decode_strict, decode_untyped = timed_side_by_side(
+        [
+            lambda: trusted_server_message_decoder.decode(wire),
+            lambda: server_message_decoder.decode(wire),
+            lambda: msgspec.json.decode(wire),
+        ],
+        repeat,
+    )
     state = PortfolioState()
     state.apply_snapshot(snapshot)
     seq[0] = len(base)
@@ -157,6 +179,20 @@ def main() -> int:
     batches = [next_batch() for _ in range(repeat)]
     it = iter(batches)
     apply_client = timed(lambda: live.feed(next(it)), repeat)
+
+    # What the kernel does with each batch frame: decode it (trusted) and apply it. The state and
+    # the client carry on from the seq the batches above left them at.
+    held = seq[0]
+    frames_in = iter([encode(next_batch()) for _ in range(repeat)])
+    decode_apply_client = timed(
+        lambda: live.feed(trusted_server_message_decoder.decode(next(frames_in))), repeat
+    )
+    seq[0] = held
+    frames_in = iter([encode(next_batch()) for _ in range(repeat)])
+    decode_apply_state = timed(
+        lambda: state.apply_batch(trusted_server_message_decoder.decode(next(frames_in))), repeat
+    )
+    assert live.seq == state.seq == seq[0], (live.seq, state.seq, seq[0])
 
     # 2. Reading positions of 500 symbols after one change, against rebuilding from the whole state.
     counter = [seq[0]]
@@ -190,12 +226,24 @@ def main() -> int:
 
     print(f"client benchmarks ({repeat} runs each; ms)")
     print(f"{'scenario':<58} {'median':>9} {'p95':>9} {'vs base':>8}")
-    print(row("decode a 1,000-event batch (msgspec)", decode))
+    print(row("decode a 1,000-event batch (trusted: the client's)", decode, decode_strict))
+    print(row("  baseline: decode it strictly (server_message_decoder)", decode_strict))
+    print(row("decode it untyped (msgspec.json.decode: the floor)", decode_untyped))
     print(row("apply a 1,000-event batch to PortfolioState", apply_state))
     print(row("apply a 1,000-event batch through PortfolioStream", apply_client))
+    print(row("decode + apply a 1,000-event batch to PortfolioState", decode_apply_state))
+    print(row("decode + apply a 1,000-event batch through PortfolioStream", decode_apply_client))
     print(row("live.positions, 500 symbols, after one change", read, rebuild))
     print(row("  baseline: rebuild the frame from the whole state", rebuild))
     print(row("live.positions, 500 symbols, unchanged (cached copy)", cached))
+    floor = statistics.median(decode_untyped)
+    ratios = {
+        "trusted decode": decode,
+        "strict decode": decode_strict,
+        "decode + apply through PortfolioStream": decode_apply_client,
+    }
+    shown = ", ".join(f"{name} {statistics.median(samples) / floor:.1f}x" for name, samples in ratios.items())
+    print(f"vs the untyped decode of the same bytes: {shown}")
 
     # 3. Widget comm messages while 1,000 ticks per second arrive (500 symbols held).
     seconds = 2.0 if repeat < 200 else 10.0

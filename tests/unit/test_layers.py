@@ -19,8 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ROOTS = {"alphaflow_live": REPO / "alphaflow_live", "alphaflow_server": REPO / "server" / "alphaflow_server"}
 # backoff: retry delays, for the kernel client's reconnects and the server's lease retries.
+# trusted: the schema's unchecked twins, for decoding the server's own frames.
 WIRE_LAYER = frozenset(
-    f"alphaflow_live.{name}" for name in ("protocol", "codes", "state", "metrics", "backoff")
+    f"alphaflow_live.{name}" for name in ("protocol", "codes", "state", "metrics", "backoff", "trusted")
 )
 HEAVY = ("pandas", "numpy", "anywidget", "ipywidgets")
 

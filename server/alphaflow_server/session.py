@@ -10,6 +10,10 @@ only the sender task waits for the socket. When the socket cannot keep up and
 the outbox passes its bound, the queued frames are discarded and one fresh
 snapshot is sent once the socket drains (or the connection is closed with
 ``CLOSE_SLOW_CONSUMER`` if it does not drain in time).
+
+An idle connection holds as little as it can (S3: ten thousand of them): the
+sender task exists only while there is something to send; the first frame
+pushed starts it and an empty outbox ends it.
 """
 
 from __future__ import annotations
@@ -77,7 +81,9 @@ class PortfolioSession:
         self._stream: UserStream = bus.user(user_id)
         self._inbound = Inbound(ws, messages_per_s=config.max_messages_per_s, close=self._close)
         self._outbox = Outbox.bounded(config.max_backlog_bytes)
-        self._wakeup = asyncio.Event()
+        # Runs while frames are to go out; None when idle (or once the socket closed).
+        self._sender: asyncio.Task[None] | None = None
+        self._socket_closed = False
         self._subscription = Subscription(window_s=config.batch_window_s, leading_edge=config.leading_edge)
         self._unlisten: Callable[[], None] | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -104,14 +110,18 @@ class PortfolioSession:
                 node=UNSET if self._node_id is None else self._node_id,
             )
         )
-        sender = asyncio.create_task(self._send_loop(), name=f"send-{self.connection_id}")
         try:
             async for frame in self._inbound:
                 self._receive(frame)
         finally:
             self._stop()
-            sender.cancel()
-            await asyncio.gather(sender, self._inbound.closed(), return_exceptions=True)
+            self._socket_closed = True
+            sender, self._sender = self._sender, None
+            if sender is not None:
+                sender.cancel()
+            await asyncio.gather(
+                *([] if sender is None else [sender]), self._inbound.closed(), return_exceptions=True
+            )
 
     def _stop(self) -> None:
         if self._unlisten is not None:
@@ -221,7 +231,11 @@ class PortfolioSession:
             return
         if not self._outbox.push(frame):
             self._begin_resync()
-        self._wakeup.set()
+        self._start_sending()
+
+    def _start_sending(self) -> None:
+        if self._sender is None and not self._socket_closed:
+            self._sender = self._loop.create_task(self._send_loop(), name=f"send-{self.connection_id}")
 
     def _begin_resync(self) -> None:
         self._subscription.begin_resync()
@@ -260,25 +274,30 @@ class PortfolioSession:
         self._stats.snapshots_out += 1
         return encode(snapshot)
 
+    def _next_frame(self) -> bytes | None:
+        """What goes out next: the queue, the resync's snapshot, the next recovered batch; or None."""
+        while True:
+            frame = self._outbox.pop()
+            if frame is None:
+                frame = self._end_resync()
+            if frame is None and self._subscription.replaying:
+                self._next_replay()
+                continue
+            return frame
+
     async def _send_loop(self) -> None:
+        """Until nothing is left to send (the next frame pushed starts another), or the socket closed."""
         ws = self.ws
         try:
-            while True:
-                frame = self._outbox.pop()
-                if frame is None:
-                    frame = self._end_resync()
-                if frame is None and self._subscription.replaying:
-                    self._next_replay()
-                    continue
-                if frame is None:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
+            while (frame := self._next_frame()) is not None:
                 await ws.send(frame, text=True)
                 self._stats.bytes_out += len(frame)
                 self.last_sent_at = self._loop.time()
         except ConnectionClosed:
-            pass
+            self._socket_closed = True
+        finally:
+            if self._sender is asyncio.current_task():
+                self._sender = None
 
     def _next_replay(self) -> None:
         """The socket took what was queued: the next recovered batch, then the live ones."""

@@ -307,6 +307,24 @@ async def test_permessage_deflate_is_offered_and_used(shared_server, tokens: Tok
     await client.close()
 
 
+async def test_permessage_deflate_keeps_no_context_between_messages_either_way(
+    shared_server, tokens: Tokens
+) -> None:
+    # An idle connection then holds no zlib state (S3): each message is compressed on its own.
+    client = await StreamClient.connect(shared_server.ws_base, tokens.bob)
+
+    params = {p.strip() for p in client.ws.response.headers.get("Sec-WebSocket-Extensions", "").split(";")}
+    await client.subscribe()
+    pongs = []
+    for i in (1, 2):  # each compressed with a fresh compressor, decompressed with a fresh decompressor
+        await send(client.ws, {"type": "ping", "id": i})
+        pongs.append(await recv_until(client.ws, lambda m: isinstance(m, Pong)))
+
+    assert {"server_no_context_takeover", "client_no_context_takeover"} <= params, f"negotiated {params}"
+    assert [p.id for p in pongs] == [1, 2]
+    await client.close()
+
+
 async def test_the_rest_snapshot_serves_the_same_state_as_the_stream(start_server, tokens: Tokens) -> None:
     server = start_server("--batch-window-ms", "5")
     client = await StreamClient.connect(server.ws_base, tokens.alice)

@@ -224,7 +224,9 @@ class StreamServer:
         self.cluster = await ClusterRuntime.join(self, flags)
         self.bus = self.cluster.bus
         self.engine = self.cluster.ledger.engine
-        self._port = ServerPort(self.ingest_local, self.engine, self.bus, self.health)
+        self._port = ServerPort(
+            self.ingest_local, self.engine, self.bus, self.health, stored_book=self.cluster.ledger.stored_book
+        )
 
     def _restore_state(self) -> None:
         config = self.config

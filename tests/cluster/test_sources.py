@@ -88,11 +88,17 @@ async def test_with_the_simulator_on_every_node_exactly_one_runs_and_another_tak
         "still exactly one simulator once the market has moved"
     )
 
+    assert demo.state.account is not None
+    equity_before = demo.state.account.equity
     cluster.kill9(runner)
     survivors = cluster.others(runner)
     successor = await one_simulator(cluster, survivors, timeout=cluster.lease_s + TAKEOVER_MARGIN_S)
     seq_at_takeover = demo.state.seq
     await advance(demo, 5, watch_s=cluster.lease_s + 1, timeout=25)
+    # The successor carries on from the demo's committed book: opening the account again would add
+    # a fresh account's cash (100,000) to the positions kept.
+    assert demo.state.account is not None
+    assert abs(demo.state.account.equity - equity_before) < 10_000, (equity_before, demo.state.account.equity)
 
     assert successor in survivors
     assert demo.state.seq is not None and seq_at_takeover is not None and demo.state.seq > seq_at_takeover

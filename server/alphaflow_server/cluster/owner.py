@@ -187,6 +187,12 @@ class ClusterLedger:
         self._users[user_id] = owned
         return owned
 
+    async def stored_book(self, user_id: str) -> BookRecord | None:
+        """The book the user's owner committed last (any node may read it; a source starting on
+        a node that does not own the user carries on from it)."""
+        book = await self._log.book(user_id)
+        return None if book is None else _book_decoder.decode(book)
+
     def _restale(self, user_id: str) -> None:
         """Price a loaded book at the newest marks and send its positions on the next turn: the
         book is stored by publishes, the marks moved on since."""

@@ -19,7 +19,7 @@ from typing import Protocol
 from alphaflow_live.protocol import Ack, MessageError, Prices, Publish
 
 from ..bus import EventBus
-from ..engine import PortfolioEngine
+from ..engine import BookRecord, PortfolioEngine
 from ..stats import Health, HealthStatus
 
 
@@ -47,9 +47,10 @@ class SourcePort(Protocol):
 
     def realized_pl_today(self, user_id: str) -> Decimal: ...
 
-    def book(self, user_id: str) -> HeldBook | None:
-        """The user's cash and positions if the server holds a book of theirs (it survived a
-        restart), so a source can carry on from it rather than start the user again."""
+    def book(self, user_id: str) -> Awaitable[HeldBook | None]:
+        """The user's cash and positions if the server has a book of theirs (it survived a
+        restart, or in a cluster another node made it), so a source can carry on from it rather
+        than start the user again."""
         ...
 
     def has_fill(self, user_id: str, fill_id: str) -> bool:
@@ -81,8 +82,10 @@ class ServerPort:
         health: Health,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        stored_book: Callable[[str], Awaitable[BookRecord | None]] | None = None,
     ) -> None:
         self._ingest = ingest
+        self._stored_book = stored_book
         self._engine = engine
         self._bus = bus
         self._health = health
@@ -118,11 +121,17 @@ class ServerPort:
         book = self._engine.books.get(user_id)
         return book.realized_pl_today if book is not None else Decimal(0)
 
-    def book(self, user_id: str) -> HeldBook | None:
+    async def book(self, user_id: str) -> HeldBook | None:
         book = self._engine.books.get(user_id)
-        if book is None:
+        if book is not None:
+            return HeldBook(book.cash, {symbol: h.qty for symbol, h in book.holdings.items()})
+        if self._stored_book is None:
             return None
-        return HeldBook(book.cash, {symbol: h.qty for symbol, h in book.holdings.items()})
+        # A cluster node that does not own the user: the book its owner committed.
+        record = await self._stored_book(user_id)
+        if record is None:
+            return None
+        return HeldBook(record.cash, {symbol: qty for symbol, qty, *_ in record.holdings})
 
     def has_fill(self, user_id: str, fill_id: str) -> bool:
         return user_id in self._bus and self._bus.user(user_id).state.has_fill(fill_id)

@@ -417,10 +417,14 @@ async def run_simulator(
     *,
     clock: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    held: Callable[[str], HeldBook | None] = _nothing_held,
+    held: Callable[[str], Awaitable[HeldBook | None]] | None = None,
 ) -> None:
     """Feed the simulator's messages to ``ingest`` in step with ``clock`` (wall seconds)."""
-    for message in simulator.opening(held):
+    books: dict[str, HeldBook | None] = {}
+    if held is not None:
+        for user_id in simulator.config.users:
+            books[user_id] = await _read_book(held, user_id, sleep)
+    for message in simulator.opening(books.get):
         await ingest(message)
     step = simulator.config.step_s
     while True:
@@ -435,6 +439,21 @@ async def run_simulator(
         if clock() - simulator.now > 5:
             log.warning("event=sim_lagging behind_s=%.1f action=skip_ahead", clock() - simulator.now)
             simulator.skip_to(clock())
+
+
+async def _read_book(
+    held: Callable[[str], Awaitable[HeldBook | None]], user_id: str, sleep: Callable[[float], Awaitable[None]]
+) -> HeldBook | None:
+    """The user's book, waiting out a store that cannot answer: opening an account that exists
+    would add a fresh account's cash to its positions."""
+    delay = 0.1
+    while True:
+        try:
+            return await held(user_id)
+        except Exception as exc:
+            log.warning("event=sim_book_unavailable user=%s reason=%r retry_s=%.1f", user_id, str(exc), delay)
+            await sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def simulator_source(config: SimConfig, *, clock: Callable[[], float] = time.time) -> Source:

@@ -42,10 +42,8 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import urllib.error
 from collections import Counter
@@ -62,10 +60,10 @@ from harness import (
     Server,
     Users,
     percentiles,
-    print_rows,
     raise_nofile,
     row,
     run_loads,
+    run_scenarios,
     table,
     write_users,
 )
@@ -1105,28 +1103,7 @@ def run(
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Run the scenarios; their rows and, per failed scenario, why it failed (as bench_server.run)."""
     p = params or (QUICK if quick else FULL)
-    rows: list[dict[str, Any]] = []
-    failures: dict[str, str] = {}
-    work = Path(tempfile.mkdtemp(prefix="alphaflow-bench-cluster-"))
-    try:
-        for name in scenarios or list(SCENARIOS):
-            started = time.monotonic()
-            print(f"{name}: running ({'quick' if p.quick else 'full'})", flush=True)
-            try:
-                scenario_rows = SCENARIOS[name](p, work)
-            except Exception as exc:
-                failures[name] = f"{type(exc).__name__}: {exc}"
-                print(f"{name}: FAILED {failures[name]}", file=sys.stderr, flush=True)
-                continue
-            print_rows(scenario_rows)
-            print(f"{name}: {time.monotonic() - started:.1f} s", flush=True)
-            rows += scenario_rows
-    finally:
-        if not failures:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}", file=sys.stderr)
-    return rows, failures
+    return run_scenarios(scenarios or list(SCENARIOS), SCENARIOS, p, prefix="alphaflow-bench-cluster-")
 
 
 def main() -> int:

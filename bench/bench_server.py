@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,11 +39,11 @@ from harness import (
     Server,
     collect,
     percentiles,
-    print_rows,
     raise_nofile,
     row,
     rss_bytes,
     run_loads,
+    run_scenarios,
     start_clients,
     table,
     wait_ready,
@@ -729,28 +727,7 @@ def run(
     p = params or (QUICK if quick else FULL)
     chosen = scenarios or list(QUICK_SCENARIOS if quick else FULL_SCENARIOS)
     raise_nofile()
-    rows: list[dict[str, Any]] = []
-    failures: dict[str, str] = {}
-    work = Path(tempfile.mkdtemp(prefix="alphaflow-bench-"))
-    try:
-        for name in chosen:
-            started = time.monotonic()
-            print(f"{name}: running ({'quick' if p.quick else 'full'})", flush=True)
-            try:
-                scenario_rows = SCENARIOS[name](p, work)
-            except Exception as exc:
-                failures[name] = f"{type(exc).__name__}: {exc}"
-                print(f"{name}: FAILED {failures[name]}", file=sys.stderr, flush=True)
-                continue
-            print_rows(scenario_rows)
-            print(f"{name}: {time.monotonic() - started:.1f} s", flush=True)
-            rows += scenario_rows
-    finally:
-        if not failures:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"logs kept in {work}", file=sys.stderr)
-    return rows, failures
+    return run_scenarios(chosen, SCENARIOS, p, prefix="alphaflow-bench-")
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:

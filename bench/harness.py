@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -505,6 +506,40 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         if n == 0:
             out.append("-+-".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+Scenario = Callable[[Any, Path], list[dict[str, Any]]]
+
+
+def run_scenarios(
+    names: Iterable[str], registry: Mapping[str, Scenario], params: Any, *, prefix: str
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Run each named scenario in one work dir; their rows and, per failed scenario, why it failed.
+
+    A failed scenario does not stop the others; the work dir (its logs) is kept when any failed.
+    """
+    rows: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        for name in names:
+            started = time.monotonic()
+            print(f"{name}: running ({'quick' if params.quick else 'full'})", flush=True)
+            try:
+                scenario_rows = registry[name](params, work)
+            except Exception as exc:
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                print(f"{name}: FAILED {failures[name]}", file=sys.stderr, flush=True)
+                continue
+            print_rows(scenario_rows)
+            print(f"{name}: {time.monotonic() - started:.1f} s", flush=True)
+            rows += scenario_rows
+    finally:
+        if not failures:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"logs kept in {work}", file=sys.stderr)
+    return rows, failures
 
 
 def print_rows(rows: Sequence[dict[str, Any]]) -> None:

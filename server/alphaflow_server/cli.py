@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -28,7 +29,7 @@ from alphaflow_live.protocol import (
 )
 
 from . import command
-from .auth import UsersFileError, load_users_file, save_users_file
+from .auth import Role, TokenStore, UsersFileError, load_users_file, save_users_file
 
 # The modules pyproject's [server] extra installs: serve needs them, the other commands do not.
 SERVER_EXTRA_MODULES = ("prometheus_client",)
@@ -107,6 +108,42 @@ def _users_redis_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Users(Protocol):
+    """What the users commands do to a set of users: the users file's, or (``RedisUserStore``) the
+    cluster's."""
+
+    def load(self) -> TokenStore: ...
+    def add(self, name: str, role: Role) -> str: ...
+    def rotate(self, name: str) -> str: ...
+    def remove(self, name: str) -> None: ...
+
+
+class _UsersFile:
+    """The users file behind ``_Users``: each change is saved at once, and only a change that
+    succeeded is saved."""
+
+    def __init__(self, path: Path, store: TokenStore) -> None:
+        self._path = path
+        self._store = store
+
+    def load(self) -> TokenStore:
+        return self._store
+
+    def add(self, name: str, role: Role) -> str:
+        token = self._store.add(name, role)
+        save_users_file(self._path, self._store)
+        return token
+
+    def rotate(self, name: str) -> str:
+        token = self._store.rotate(name)
+        save_users_file(self._path, self._store)
+        return token
+
+    def remove(self, name: str) -> None:
+        self._store.remove(name)
+        save_users_file(self._path, self._store)
+
+
 def _users(args: argparse.Namespace) -> int:
     if args.redis:
         return _users_in_redis(args, args.redis)
@@ -116,29 +153,33 @@ def _users(args: argparse.Namespace) -> int:
     except UsersFileError as exc:
         print(f"alphaflow-live users: {exc}", file=sys.stderr)
         return 2
+    return _change_users(args, _UsersFile(path, store), str(path))
+
+
+def _change_users(args: argparse.Namespace, users: _Users, where: str) -> int:
+    """List, add, rotate or remove, saying what was done to the users ``where`` names."""
     try:
         if args.users_command == "list":
+            store = users.load()
             if not len(store):
-                print(f"no users in {path}")
+                print(f"no users in {where}")
             for record in store.records():
                 print(f"{record.name}\t{record.role}\tcreated {record.created_at}")
             return 0
         if args.users_command == "add":
-            token = store.add(args.name, args.role)
+            token = users.add(args.name, args.role)
             action = f"created {args.role} '{args.name}'"
         elif args.users_command == "rotate":
-            token = store.rotate(args.name)
+            token = users.rotate(args.name)
             action = f"new token for '{args.name}'"
         else:
-            store.remove(args.name)
-            save_users_file(path, store)
-            print(f"removed '{args.name}' from {path}")
+            users.remove(args.name)
+            print(f"removed '{args.name}' from {where}")
             return 0
     except (ValueError, KeyError) as exc:
         print(f"alphaflow-live users: {exc.args[0]}", file=sys.stderr)
         return 1
-    save_users_file(path, store)
-    print(f"{action} in {path}")
+    print(f"{action} in {where}")
     print(f"token (shown once; only its hash is stored): {token}")
     return 0
 
@@ -163,35 +204,12 @@ def _users_in_redis(args: argparse.Namespace, url: str) -> int:
         print(f"alphaflow-live users: {exc}", file=sys.stderr)
         return 2
     try:
-        users = RedisUserStore(client)
-        if args.users_command == "list":
-            store = users.load()
-            if not len(store):
-                print(f"no users in {where}")
-            for record in store.records():
-                print(f"{record.name}\t{record.role}\tcreated {record.created_at}")
-            return 0
-        if args.users_command == "add":
-            token = users.add(args.name, args.role)
-            action = f"created {args.role} '{args.name}'"
-        elif args.users_command == "rotate":
-            token = users.rotate(args.name)
-            action = f"new token for '{args.name}'"
-        else:
-            users.remove(args.name)
-            print(f"removed '{args.name}' from {where}")
-            return 0
-    except (ValueError, KeyError) as exc:
-        print(f"alphaflow-live users: {exc.args[0]}", file=sys.stderr)
-        return 1
+        return _change_users(args, RedisUserStore(client), where)
     except (Unavailable, InvalidUsers) as exc:
         print(f"alphaflow-live users: {where}: {exc}", file=sys.stderr)
         return 2
     finally:
         client.close()
-    print(f"{action} in {where}")
-    print(f"token (shown once; only its hash is stored): {token}")
-    return 0
 
 
 def admin_url(explicit: str | None) -> str:

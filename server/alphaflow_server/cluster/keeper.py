@@ -107,23 +107,21 @@ class PartitionKeeper:
             del self._adopting[partition]
 
     async def _take_over(self, partition: int, token: int) -> None:
+        """One attempt; one that fails leaves the partition untaken, and the next ``_reconcile``
+        (a lease step later) tries again while the lease is still held."""
         # Listen first, so a publish forwarded while the users are read waits for its answer.
-        for attempt in range(20):
-            try:
-                channel = partition_requests_channel(partition)
-                if channel not in self._subscriber:
-                    await self._subscriber.add(channel, self._ingest.on_request)
-                await self._ledger.adopt(partition, token)
-                self._ingest.remark_due()
-                return
-            except (Unavailable, NotOwner) as exc:
-                if self.leases.token(partition) != token:
-                    return
-                log.warning("event=adopt_retry partition=%d reason=%r", partition, str(exc))
-                await pause(min(1.0, 0.05 * 2**attempt))
-            except Exception:
-                log.exception("event=adopt_failed partition=%d", partition)
-                return
+        channel = partition_requests_channel(partition)
+        try:
+            if channel not in self._subscriber:
+                await self._subscriber.add(channel, self._ingest.on_request)
+            await self._ledger.adopt(partition, token)
+            self._ingest.remark_due()
+            return
+        except (Unavailable, NotOwner) as exc:
+            log.warning("event=adopt_retry partition=%d reason=%r", partition, str(exc))
+        except Exception:
+            log.exception("event=adopt_failed partition=%d", partition)
+        self._subscriber.remove(channel)  # not served: a retry listens again
 
     async def _drop(self, partition: int) -> None:
         task = self._adopting.pop(partition, None)

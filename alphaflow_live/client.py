@@ -80,6 +80,7 @@ class PortfolioStream:
         backoff_cap_s: float = 30.0,
         fallback_after_failures: int = 3,
         connect_timeout_s: float = 10.0,
+        field_deltas: bool = True,
         start: bool = True,
     ) -> None:
         self.urls = server_urls(url)
@@ -97,6 +98,8 @@ class PortfolioStream:
         self.backoff_cap_s = backoff_cap_s
         self.fallback_after_failures = fallback_after_failures
         self.connect_timeout_s = connect_timeout_s
+        # Ask the server for field deltas (docs/protocol.md): the frames carry only what changed.
+        self.field_deltas = field_deltas
 
         self._live = _StreamState(
             self._check_alerts, max_fills=max_fills, max_equity_points=max_equity_points
@@ -127,6 +130,7 @@ class PortfolioStream:
             backoff_cap_s=self.backoff_cap_s,
             fallback_after_failures=self.fallback_after_failures,
             connect_timeout_s=self.connect_timeout_s,
+            field_deltas=self.field_deltas,
         )
         self._connection = self._runner.submit(self._run(options))
 
@@ -460,7 +464,8 @@ def connect(
     (or a comma-separated string) names the nodes of a cluster, tried in a shuffled order and
     resumed on whichever answers. ``token`` defaults to ``$ALPHAFLOW_TOKEN``. Options:
     ``channels``, ``poll_interval_s``, ``freshness`` (FreshnessRules), ``max_fills``,
-    ``backoff_base_s``, ``backoff_cap_s``, ``fallback_after_failures``, ``connect_timeout_s``.
+    ``backoff_base_s``, ``backoff_cap_s``, ``fallback_after_failures``, ``connect_timeout_s``,
+    ``field_deltas`` (default True: later events of a position carry only the fields that changed).
 
     Calling it again in the same session (a kernel; under ``marimo run``, a viewer's
     session) with the same URL and token closes the stream the previous call

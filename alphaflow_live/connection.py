@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from .backoff import Backoff
 from .codes import SNAPSHOT_PATH
 from .protocol import encode
+from .state import BatchOutcome
 from .tracking import (
     Action,
     Apply,
@@ -60,6 +61,7 @@ class ConnectionOptions:
     backoff_cap_s: float = 30.0
     fallback_after_failures: int = 3
     connect_timeout_s: float = 10.0
+    field_deltas: bool = True
 
     @property
     def headers(self) -> dict[str, str]:
@@ -110,7 +112,7 @@ async def _stream_once(
     ws: ClientConnection | None = None
     streamed = False
     reason = ""
-    tracker = Tracker(list(options.channels))
+    tracker = Tracker(list(options.channels), deltas=options.field_deltas)
     try:
         ws = await connect(
             url,
@@ -123,12 +125,12 @@ async def _stream_once(
         )
         watcher = asyncio.create_task(_close_when_stopping(stop, ws))
         try:
-            await _carry_out(ws, sink, tracker.opened(sink.held()))
+            await _carry_out(ws, sink, tracker.opened(sink.held()), tracker)
             async for frame in ws:
                 sink.count("bytes", len(frame))
                 # The server's own frames: decoded without checking its values again (``trusted``).
                 message = trusted_server_message_decoder.decode(frame)
-                streamed |= await _carry_out(ws, sink, tracker.receive(message, sink.held()))
+                streamed |= await _carry_out(ws, sink, tracker.receive(message, sink.held()), tracker)
         finally:
             watcher.cancel()
     except InvalidStatus as exc:
@@ -167,12 +169,17 @@ async def _close_when_stopping(stop: asyncio.Event, ws: ClientConnection) -> Non
     await ws.close()
 
 
-async def _carry_out(ws: ClientConnection | None, sink: StreamSink, actions: list[Action]) -> bool:
+async def _carry_out(
+    ws: ClientConnection | None, sink: StreamSink, actions: list[Action], tracker: Tracker | None = None
+) -> bool:
     """Do what the tracker decided; True once the stream is live."""
     live = False
     for action in actions:
         if isinstance(action, Apply):
-            sink.apply(action.message)
+            outcome = sink.apply(action.message)
+            if outcome is BatchOutcome.MISSING_BASE and tracker is not None:
+                await _carry_out(ws, sink, tracker.unapplied(outcome, sink.held()))
+                return live
         elif isinstance(action, SetStatus):
             sink.set_status(action.status, action.reason)
             live = live or action.status == "live"

@@ -163,11 +163,11 @@ class LiveState:
 
     def _apply_batch(self, batch: Batch) -> BatchOutcome:
         with self._lock:
-            outcome = self._state.apply_batch(batch)
+            outcome, events = self._state.apply_batch_events(batch)
             if outcome is not BatchOutcome.APPLIED:
                 return outcome
-            self._record_latency(batch.events)
-            changed = _changes_of(batch.events)
+            self._record_latency(events)
+            changed = _changes_of(events)
             self._note_changes(changed, batch.server_time)
             self.counters["batches"] += 1
         self._dispatch(changed)

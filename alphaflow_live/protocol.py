@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar, Union, cast
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -80,9 +80,10 @@ ErrorCode = Literal[
 ]
 
 
-def _check_date(field: str, timestamp: str | None) -> None:
+def _check_date(field: str, timestamp: str | UnsetType | None) -> None:
     """The pattern allows day 31 in any month; refuse the dates that do not exist."""
-    if timestamp is None or timestamp[8:10] <= "28":  # every month has these (the pattern checked the digits)
+    # Every month has days up to 28 (the pattern checked the digits); a change may leave it out.
+    if not isinstance(timestamp, str) or timestamp[8:10] <= "28":
         return
     year, month, day = int(timestamp[:4]), int(timestamp[5:7]), int(timestamp[8:10])
     if day > calendar.monthrange(year, month)[1]:
@@ -138,7 +139,7 @@ class _Data(Struct, kw_only=True, gc=False):
         # NaN and infinities parse as Decimal, but money never is either.
         for name in self._decimals:
             value = getattr(self, name)
-            if value is not None and not value.is_finite():
+            if isinstance(value, Decimal) and not value.is_finite():
                 raise ValueError(f"field '{name}' must be a finite decimal, got {value}")
         for name in self._positive:
             if getattr(self, name) <= 0:
@@ -257,6 +258,72 @@ class FillEvent(_Event, tag="fill", kw_only=True):
 
 Event = PositionEvent | PositionClosedEvent | OrderEvent | AccountEvent | FillEvent
 
+# ------------------------------------------------ field deltas (an optional extension)
+#
+# A client that subscribes with ``"deltas": true`` is sent, after the first full
+# ``position``, ``order`` or ``account`` event of each key on its connection,
+# events that carry only the fields that changed since the last one it was sent
+# (docs/protocol.md, "Field deltas"). A change type is generated from its full
+# type, so the two cannot drift: the key stays required, and every other field
+# is optional, left out when unchanged.
+
+
+def _change_type(full: type[_Data], key: str | None) -> type[_Data]:
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+        (f.name, f.type) if f.name == key else (f.name, Union[f.type, UnsetType], UNSET)  # noqa: UP007
+        for f in msgspec.structs.fields(full)
+    ]
+    change = msgspec.defstruct(
+        f"{full.__name__}Change",
+        fields,
+        bases=(_Data,),
+        kw_only=True,
+        module=__name__,
+        gc=False,
+        namespace={
+            "__doc__": f"The fields of a {full.__name__} that changed; the others are left out.",
+            "_timestamps": full._timestamps,
+        },
+    )
+    return cast("type[_Data]", change)
+
+
+if TYPE_CHECKING:  # what a type checker can know of the generated types: their keys
+
+    class PositionChange(_Data, kw_only=True):
+        symbol: str
+
+    class OrderChange(_Data, kw_only=True):
+        id: str
+
+    class AccountChange(_Data, kw_only=True):
+        pass
+
+else:
+    PositionChange = _change_type(Position, "symbol")
+    OrderChange = _change_type(Order, "id")
+    AccountChange = _change_type(Account, None)
+
+
+class PositionDeltaEvent(_Event, tag="position_delta", kw_only=True):
+    channel: Literal["positions"] = "positions"
+    data: PositionChange
+
+
+class OrderDeltaEvent(_Event, tag="order_delta", kw_only=True):
+    channel: Literal["orders"] = "orders"
+    data: OrderChange
+
+
+class AccountDeltaEvent(_Event, tag="account_delta", kw_only=True):
+    channel: Literal["account"] = "account"
+    data: AccountChange
+
+
+DeltaEvent = PositionDeltaEvent | OrderDeltaEvent | AccountDeltaEvent
+# What a batch carries: full events, and deltas on a connection that asked for them.
+StreamEvent = Event | DeltaEvent
+
 # -------------------------------------------------- portfolio stream: server → client
 
 
@@ -276,6 +343,8 @@ class Welcome(Struct, tag_field="type", tag="welcome", kw_only=True):
 class Subscribed(Struct, tag_field="type", tag="subscribed", kw_only=True):
     channels: list[Channel]
     recovered: bool
+    # True when the subscribe asked for field deltas and the server sends them (left out otherwise).
+    deltas: bool | UnsetType = UNSET
 
 
 class Snapshot(Struct, tag_field="type", tag="snapshot", kw_only=True, omit_defaults=True):
@@ -294,7 +363,7 @@ class Batch(Struct, tag_field="type", tag="batch", kw_only=True):
     from_seq: int
     to_seq: int
     server_time: Timestamp
-    events: list[Event]
+    events: list[StreamEvent]
 
 
 class Heartbeat(Struct, tag_field="type", tag="heartbeat", kw_only=True):
@@ -327,6 +396,8 @@ class Subscribe(Struct, tag_field="type", tag="subscribe", kw_only=True):
     # Leaving ``channels`` out subscribes to every channel.
     channels: list[str] | None = None
     resume: ResumePoint | None = None
+    # Field deltas (docs/protocol.md): later events of a key carry only what changed.
+    deltas: bool = False
 
 
 class Unsubscribe(Struct, tag_field="type", tag="unsubscribe", kw_only=True):

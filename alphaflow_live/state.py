@@ -3,7 +3,9 @@
 The server keeps one per user to answer snapshots; the kernel-side client
 keeps one per connection and feeds it snapshots and batches. Applying a batch
 checks the epoch and the contiguity of sequence numbers, so a client either
-holds every state change or knows it must resubscribe with ``resume``.
+holds every state change or knows it must resubscribe with ``resume``. Field
+deltas (``deltas``) are applied to the value held: a delta with nothing to
+apply to leaves the whole batch unapplied, and the client resubscribes.
 """
 
 from __future__ import annotations
@@ -15,21 +17,27 @@ from collections.abc import Iterable
 
 from msgspec import UNSET
 
+from .deltas import apply_delta, full_event
 from .protocol import (
     CHANNELS,
     TERMINAL_ORDER_STATUSES,
     Account,
+    AccountDeltaEvent,
     AccountEvent,
     Batch,
+    DeltaEvent,
     Event,
     Fill,
     FillEvent,
     Order,
+    OrderDeltaEvent,
     OrderEvent,
     Position,
     PositionClosedEvent,
+    PositionDeltaEvent,
     PositionEvent,
     Snapshot,
+    StreamEvent,
 )
 
 MAX_SNAPSHOT_FILLS = 100
@@ -45,6 +53,9 @@ class BatchOutcome(enum.Enum):
     EPOCH_CHANGED = "epoch_changed"
     # No snapshot yet, so there is nothing to apply a batch to.
     NO_BASE = "no_base"
+    # A field delta for a position, order or account not held: resubscribe (with resume: the
+    # server then sends every key in full before any delta).
+    MISSING_BASE = "missing_base"
 
 
 def batch_fit(epoch: str | None, seq: int | None, batch: Batch) -> BatchOutcome:
@@ -91,7 +102,7 @@ class PortfolioState:
         elif isinstance(event, FillEvent):
             self._add_fill(event.data)
 
-    def apply_events(self, events: Iterable[Event]) -> None:
+    def apply_events(self, events: Iterable[Event]) -> None:  # full events: see ``whole``
         for event in events:
             self.apply_event(event)
 
@@ -121,18 +132,53 @@ class PortfolioState:
                 self._add_fill(fill)
 
     def apply_batch(self, batch: Batch) -> BatchOutcome:
+        return self.apply_batch_events(batch)[0]
+
+    def apply_batch_events(self, batch: Batch) -> tuple[BatchOutcome, list[Event]]:
+        """Apply ``batch`` if it fits; what it did, and the events it applied, deltas made whole."""
         outcome = batch_fit(self.epoch, self.seq, batch)
         if outcome is not BatchOutcome.APPLIED or self.seq is None:
-            return outcome
+            return outcome, []
         held = self.seq
-        if batch.from_seq < held:
-            # Overlaps what we hold (a replay that raced a batch in flight): the
-            # events past our seq are exactly what we miss, coalesced or not.
-            self.apply_events(event for event in batch.events if event.seq > held)
-        else:
-            self.apply_events(batch.events)
+        # Overlapping what we hold (a replay that raced a batch in flight): the events past our
+        # seq are exactly what we miss, coalesced or not.
+        events = batch.events if batch.from_seq >= held else [e for e in batch.events if e.seq > held]
+        full = self.whole(events)
+        if full is None:
+            return BatchOutcome.MISSING_BASE, []
+        self.apply_events(full)
         self.seq = batch.to_seq
-        return BatchOutcome.APPLIED
+        return outcome, full
+
+    def whole(self, events: list[StreamEvent]) -> list[Event] | None:
+        """``events`` with every field delta made a full event against the state held (and what
+        the events before it in the list do to it); None if one has nothing to apply to."""
+        if not any(isinstance(e, _DELTAS) for e in events):
+            return events  # type: ignore[return-value]  # no deltas: every one is an Event
+        # What the earlier events of the list made of a key (a batch is coalesced, a replay is not).
+        made: dict[tuple[str, str], Position | Order | Account | None] = {}
+        full: list[Event] = []
+        for event in events:
+            if isinstance(event, _DELTAS):
+                key = _key(event)
+                base = made[key] if key in made else self._held(key)
+                if base is None:
+                    return None
+                event = full_event(event, apply_delta(base, event))
+            if isinstance(event, PositionEvent | OrderEvent | AccountEvent):
+                made[_key(event)] = event.data
+            elif isinstance(event, PositionClosedEvent):
+                made[("position", event.data.symbol)] = None
+            full.append(event)
+        return full
+
+    def _held(self, key: tuple[str, str]) -> Position | Order | Account | None:
+        kind, name = key
+        if kind == "position":
+            return self.positions.get(name)
+        if kind == "order":
+            return self.orders.get(name)
+        return self.account
 
     def _upsert_order(self, order: Order) -> None:
         self.orders[order.id] = order
@@ -180,3 +226,14 @@ class PortfolioState:
         if "trades" in wanted:
             snapshot.fills = self.recent_fills(max_fills)
         return snapshot
+
+
+_DELTAS = (PositionDeltaEvent, OrderDeltaEvent, AccountDeltaEvent)
+
+
+def _key(event: DeltaEvent | PositionEvent | OrderEvent | AccountEvent) -> tuple[str, str]:
+    if isinstance(event, PositionEvent | PositionDeltaEvent):
+        return ("position", event.data.symbol)
+    if isinstance(event, OrderEvent | OrderDeltaEvent):
+        return ("order", event.data.id)
+    return ("account", "")

@@ -109,8 +109,9 @@ class StreamSink(Protocol):
 class Tracker:
     """One connection's message decisions; ``healing`` while a resubscribe is under way."""
 
-    def __init__(self, channels: list[str]) -> None:
+    def __init__(self, channels: list[str], *, deltas: bool = False) -> None:
         self.channels = channels
+        self.deltas = deltas
         self.healing = False
 
     def opened(self, held: ResumePoint | None) -> list[Action]:
@@ -144,12 +145,20 @@ class Tracker:
             return [Count("connections")]
         return []
 
+    def unapplied(self, outcome: BatchOutcome, held: ResumePoint | None) -> list[Action]:
+        """A batch that fitted could not be applied (a field delta with nothing to apply to):
+        resubscribe with resume; the server sends every key in full again before any delta."""
+        if self.healing:
+            return []
+        return [Note(logging.WARNING, f"{outcome.value}: a batch could not be applied; resubscribing"),
+                *self._heal(held)]  # fmt: skip
+
     def _heal(self, held: ResumePoint | None) -> list[Action]:
         self.healing = True
         return [Count("resyncs"), Send(self._subscribe(held))]
 
     def _subscribe(self, held: ResumePoint | None) -> Subscribe:
-        return Subscribe(id=1, channels=self.channels, resume=held)
+        return Subscribe(id=1, channels=self.channels, resume=held, deltas=self.deltas)
 
 
 def _position(held: ResumePoint | None) -> tuple[str | None, int | None]:

@@ -75,6 +75,8 @@ class PendingBatch:
     oldest_added_at: float | None
     # ``events`` encoded, when every event came with its encoding (then a frame is a join).
     encoded: list[bytes] | None = None
+    # Part of a recovery (resume): its events go out in full even where field deltas are on.
+    recovered: bool = False
 
 
 class Batcher:

@@ -206,11 +206,10 @@ class PortfolioSession:
     def _push_batch(self, batch: PendingBatch) -> None:
         self._stats.events_delivered += batch.events_in
         self._stats.batches_out += 1
-        if batch.encoded is not None:
-            frame = encode_batch(
-                self._stream.epoch, batch.from_seq, batch.to_seq, self._server_time(), batch.encoded
-            )
-            self._push_frame(frame)
+        events = self._subscription.batch_events(batch)
+        if events is not None:
+            epoch, time_now = self._stream.epoch, self._server_time()
+            self._push_frame(encode_batch(epoch, batch.from_seq, batch.to_seq, time_now, events))
             return
         self._push(
             Batch(
@@ -218,7 +217,7 @@ class PortfolioSession:
                 from_seq=batch.from_seq,
                 to_seq=batch.to_seq,
                 server_time=self._server_time(),
-                events=batch.events,
+                events=[*batch.events],
             )
         )
 

@@ -15,6 +15,10 @@ The rules, as PROTOCOL.md states them, that this class keeps:
   batch or the last snapshot ended. A (re)subscribe restarts the batcher at
   the journal's seq, which the snapshot or the recovered batch just reached;
   an unsubscribe first flushes what is pending for the remaining channels.
+* Field deltas, when the subscribe asked for them: every subscribe and every
+  snapshot resets the connection's bases (``FieldDeltas``), and recovered
+  batches carry full events, so the client and this side always agree on
+  what a delta applies to.
 * While a resync is pending (the outbox overflowed and was discarded), live
   events and due batches are dropped: the snapshot that ends the resync, taken
   at the user's current seq, supersedes them.
@@ -27,6 +31,8 @@ is a ``batch`` frame still to be stamped with the epoch and the server time.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from msgspec import UNSET
 
 from alphaflow_live.protocol import (
     CHANNELS,
@@ -46,6 +52,7 @@ from alphaflow_live.protocol import (
 
 from .batcher import Batcher, PendingBatch, coalesce
 from .bus import UserStream
+from .field_deltas import FieldDeltas
 
 Outgoing = Error | Subscribed | Snapshot | PendingBatch
 
@@ -69,6 +76,8 @@ class Subscription:
         self.resyncing = False
         # A recovery still going out: (the seq the client has been sent, the seq it ends at).
         self._replay: tuple[int, int] | None = None
+        # The connection's bases when the last subscribe asked for field deltas.
+        self.deltas: FieldDeltas | None = None
 
     @property
     def replaying(self) -> bool:
@@ -107,14 +116,17 @@ class Subscription:
             )
         else:
             self.batcher.reset(journal.seq, channels=channels)
+        self.deltas = FieldDeltas() if message.deltas else None
+        deltas = True if message.deltas else UNSET
         if resume is not None and journal.can_resume(resume.epoch, resume.seq):
             self._replay = (resume.seq, journal.seq)
-            return [Subscribed(channels=channels, recovered=True), *self.next_replay(stream, server_time)]
+            subscribed = Subscribed(channels=channels, recovered=True, deltas=deltas)
+            return [subscribed, *self.next_replay(stream, server_time)]
         self._replay = None
-        out: list[Outgoing] = [Subscribed(channels=channels, recovered=False)]
+        out: list[Outgoing] = [Subscribed(channels=channels, recovered=False, deltas=deltas)]
         if resume is not None:
             out.append(_resume_unavailable(resume, stream, message.id))
-        out.append(stream.state.to_snapshot(server_time, channels))
+        out.append(self._snapshot(stream, server_time))
         return out
 
     def next_replay(self, stream: UserStream, server_time: str) -> list[Outgoing]:
@@ -131,12 +143,12 @@ class Subscription:
         if not journal.can_resume(journal.epoch, sent):
             self._replay = None
             self.batcher.reset(stream.seq)
-            return [stream.state.to_snapshot(server_time, self.channels)]
+            return [self._snapshot(stream, server_time)]
         events = journal.events_after(sent, until=end, max_bytes=self._replay_chunk_bytes)
         to_seq = sent + len(events)
         self._replay = (to_seq, end) if to_seq < end else None
         missed = [e for e in events if e.channel in self.batcher.channels]
-        return [PendingBatch(sent, to_seq, coalesce(missed), len(missed), None)]
+        return [PendingBatch(sent, to_seq, coalesce(missed), len(missed), None, recovered=True)]
 
     def unsubscribe(self, message: Unsubscribe, now: float) -> list[Outgoing]:
         """The pending events of the remaining channels (if any), then ``subscribed``."""
@@ -198,9 +210,23 @@ class Subscription:
             return None
         self.resyncing = False
         self._replay = None
-        channels = self.channels
         self.batcher.reset(stream.seq)
-        return stream.state.to_snapshot(server_time, channels)
+        return self._snapshot(stream, server_time)
+
+    # ---------------------------------------------------------------- frames
+
+    def batch_events(self, batch: PendingBatch) -> list[bytes] | None:
+        """``batch``'s events encoded as they go out on this connection (deltas where asked for);
+        None when the batch has no encodings and needs none of its own (encode it whole)."""
+        if self.deltas is not None:
+            return self.deltas.encode(batch.events, batch.encoded, full=batch.recovered)
+        return batch.encoded
+
+    def _snapshot(self, stream: UserStream, server_time: str) -> Snapshot:
+        snapshot = stream.state.to_snapshot(server_time, self.channels)
+        if self.deltas is not None:
+            self.deltas.reset(snapshot)
+        return snapshot
 
 
 def _error(code: ErrorCode, message: str, ref: MessageId | None) -> Error:

@@ -21,7 +21,8 @@ ROOTS = {"alphaflow_live": REPO / "alphaflow_live", "alphaflow_server": REPO / "
 # backoff: retry delays, for the kernel client's reconnects and the server's lease retries.
 # trusted: the schema's unchecked twins, for decoding the server's own frames.
 WIRE_LAYER = frozenset(
-    f"alphaflow_live.{name}" for name in ("protocol", "codes", "state", "metrics", "backoff", "trusted")
+    f"alphaflow_live.{name}"
+    for name in ("protocol", "codes", "state", "metrics", "backoff", "trusted", "deltas")
 )
 HEAVY = ("pandas", "numpy", "anywidget", "ipywidgets")
 

@@ -156,7 +156,7 @@ def test_a_resume_within_the_journal_recovers_exactly_the_missed_events_coalesce
     assert [e.seq for e in missed] == [4, 5, 6]
     assert out == [
         Subscribed(channels=["positions", "trades"], recovered=True),
-        PendingBatch(2, 6, coalesce(missed), 3, None),
+        PendingBatch(2, 6, coalesce(missed), 3, None, recovered=True),
     ]
     assert [e.seq for e in coalesce(missed)] == [4, 5, 6]
 
@@ -179,7 +179,10 @@ def test_a_resume_at_the_current_seq_recovers_an_empty_batch() -> None:
 
     out = Subscription(window_s=WINDOW).subscribe(Subscribe(id=1, resume=ResumePoint(EPOCH, 6)), stream, TS)
 
-    assert out == [Subscribed(channels=list(CHANNELS), recovered=True), PendingBatch(6, 6, [], 0, None)]
+    assert out == [
+        Subscribed(channels=list(CHANNELS), recovered=True),
+        PendingBatch(6, 6, [], 0, None, recovered=True),
+    ]
 
 
 def test_a_resume_of_another_epoch_gets_subscribed_then_resume_unavailable_then_a_snapshot() -> None:

@@ -143,6 +143,9 @@ def test_trusted_types_are_made_once_per_strict_type() -> None:
             | trusted_type(protocol.OrderEvent)
             | trusted_type(protocol.AccountEvent)
             | trusted_type(protocol.FillEvent)
+            | trusted_type(protocol.PositionDeltaEvent)
+            | trusted_type(protocol.OrderDeltaEvent)
+            | trusted_type(protocol.AccountDeltaEvent)
         ]
     )
 

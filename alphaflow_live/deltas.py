@@ -16,9 +16,10 @@ deltas (the widget shows prices with the precision they carry).
 
 from __future__ import annotations
 
+import copy
 import functools
 from decimal import Decimal
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 from msgspec import UNSET
@@ -39,6 +40,7 @@ from .protocol import (
 
 Data = Position | Order | Account
 KeyedEvent = PositionEvent | OrderEvent | AccountEvent
+D = TypeVar("D", Position, Order, Account)
 
 # Each full event type → the ``type`` tag of its delta.
 DELTA_TAGS: Final[dict[type, str]] = {
@@ -84,23 +86,18 @@ def delta_frame(event: KeyedEvent, base: Data) -> bytes:
     )
 
 
-def apply_delta(base: Data, delta: DeltaEvent) -> Data:
-    """``base`` with the fields ``delta`` carries; the type of ``base`` (strict or trusted) is kept."""
+def apply_delta(base: D, delta: DeltaEvent) -> D:
+    """``base`` with the fields ``delta`` carries; the type of ``base`` (strict or trusted) is kept.
+
+    A copy with the fields set, not ``structs.replace``: the values were checked where they
+    entered the system, and ``replace`` would run the type's checks again (most of the cost)."""
     data = delta.data
-    present = {name: value for name in data.__struct_fields__ if (value := getattr(data, name)) is not UNSET}
-    return msgspec.structs.replace(base, **present)
-
-
-def full_event(delta: DeltaEvent, data: Data) -> KeyedEvent:
-    """The full event that ``delta`` stands for, given the whole value it makes."""
-    if isinstance(delta, PositionDeltaEvent):
-        assert isinstance(data, Position)
-        return PositionEvent(seq=delta.seq, ts=delta.ts, data=data)
-    if isinstance(delta, OrderDeltaEvent):
-        assert isinstance(data, Order)
-        return OrderEvent(seq=delta.seq, ts=delta.ts, data=data)
-    assert isinstance(data, Account)
-    return AccountEvent(seq=delta.seq, ts=delta.ts, data=data)
+    merged = copy.copy(base)
+    for name in data.__struct_fields__:
+        value = getattr(data, name)
+        if value is not UNSET:
+            setattr(merged, name, value)
+    return merged
 
 
 @functools.cache

@@ -26,11 +26,12 @@ class LatencyHistogram:
         self.sum = 0.0
         self.max = 0.0
 
-    def record(self, seconds: float) -> None:
+    def record(self, seconds: float, times: int = 1) -> None:
+        """``times`` observations of ``seconds`` (a batch's events that share one source time)."""
         seconds = max(0.0, seconds)
-        self._counts[bisect.bisect_left(self._bounds, seconds)] += 1
-        self.count += 1
-        self.sum += seconds
+        self._counts[bisect.bisect_left(self._bounds, seconds)] += times
+        self.count += times
+        self.sum += seconds * times
         self.max = max(self.max, seconds)
 
     def percentile(self, fraction: float) -> float | None:

@@ -225,6 +225,8 @@ class _Event(Struct, kw_only=True, tag_field="type", gc=False):
     # ``seq`` is assigned by the server's journal; publishers leave it out.
     seq: int = 0
     ts: Timestamp
+    # A field delta (below), which a client makes whole against what it holds before applying.
+    is_delta: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if not _trusted.get():
@@ -306,16 +308,19 @@ else:
 
 
 class PositionDeltaEvent(_Event, tag="position_delta", kw_only=True):
+    is_delta = True
     channel: Literal["positions"] = "positions"
     data: PositionChange
 
 
 class OrderDeltaEvent(_Event, tag="order_delta", kw_only=True):
+    is_delta = True
     channel: Literal["orders"] = "orders"
     data: OrderChange
 
 
 class AccountDeltaEvent(_Event, tag="account_delta", kw_only=True):
+    is_delta = True
     channel: Literal["account"] = "account"
     data: AccountChange
 

@@ -24,6 +24,7 @@ import msgspec
 
 from alphaflow_live import frames
 from alphaflow_live.client import PortfolioStream
+from alphaflow_live.deltas import delta_frame
 from alphaflow_live.protocol import (
     Batch,
     Event,
@@ -31,6 +32,7 @@ from alphaflow_live.protocol import (
     PositionEvent,
     Snapshot,
     encode,
+    encode_batch,
     server_message_decoder,
 )
 from alphaflow_live.state import PortfolioState
@@ -194,6 +196,31 @@ def main() -> int:
     )
     assert live.seq == state.seq == seq[0], (live.seq, state.seq, seq[0])
 
+    # The same through the client, with the frames a connection with field deltas carries: each
+    # event against the last value of its symbol (what the server's FieldDeltas does).
+    bases = {p.symbol: p for p in snapshot.positions}  # type: ignore[union-attr]
+
+    def delta_wire() -> bytes:
+        batch = next_batch()
+        encoded = []
+        for event in batch.events:
+            assert isinstance(event, PositionEvent)
+            encoded.append(delta_frame(event, bases[event.data.symbol]))
+            bases[event.data.symbol] = event.data
+        return encode_batch(batch.epoch, batch.from_seq, batch.to_seq, batch.server_time, encoded)
+
+    deltas_live = PortfolioStream("ws://127.0.0.1:9/ws/portfolio", "bench", start=False)
+    deltas_live.feed(snapshot)
+    seq[0] = len(base)
+    delta_frames = [delta_wire() for _ in range(repeat)]
+    full_size = len(encode(batches[0]))
+    frames_in = iter(delta_frames)
+    decode_apply_deltas = timed(
+        lambda: deltas_live.feed(trusted_server_message_decoder.decode(next(frames_in))), repeat
+    )
+    with deltas_live.reading() as held_deltas, live.reading() as held_full:
+        assert held_deltas.positions.keys() == held_full.positions.keys()
+
     # 2. Reading positions of 500 symbols after one change, against rebuilding from the whole state.
     counter = [seq[0]]
 
@@ -233,6 +260,13 @@ def main() -> int:
     print(row("apply a 1,000-event batch through PortfolioStream", apply_client))
     print(row("decode + apply a 1,000-event batch to PortfolioState", decode_apply_state))
     print(row("decode + apply a 1,000-event batch through PortfolioStream", decode_apply_client))
+    print(
+        row(
+            f"  the same as field deltas ({len(delta_frames[0]) / full_size:.0%} of the bytes)",
+            decode_apply_deltas,
+            decode_apply_client,
+        )
+    )
     print(row("live.positions, 500 symbols, after one change", read, rebuild))
     print(row("  baseline: rebuild the frame from the whole state", rebuild))
     print(row("live.positions, 500 symbols, unchanged (cached copy)", cached))

@@ -305,18 +305,21 @@ def test_a_client_applying_deltas_ends_in_the_state_of_one_applying_full_events(
     assert encode(with_deltas.state.account) == encode(server.account)
 
 
-def test_a_delta_with_nothing_to_apply_to_leaves_the_batch_unapplied() -> None:
+def test_a_delta_with_nothing_to_apply_to_stops_the_batch_and_leaves_the_seq() -> None:
+    """What was applied before it is upserts and fills by id: the recovery from the seq held
+    applies them again to the same effect."""
     state = PortfolioState()
     state.apply_snapshot(Snapshot(epoch="e", seq=0, server_time=TS, positions=[], orders=[], account=None))
-    base = position("AAPL").data
-    [event] = stamp([position("AAPL", "11")])
-    frame = encode_batch("e", 0, 1, TS, [encode(fill("f-9")), delta_frame(event, base)])  # type: ignore[arg-type]
+    [event] = stamp([position("AAPL", "11")], start=1)
+    frame = encode_batch(
+        "e", 0, 2, TS, [encode(stamp([fill("f-9")])[0]), delta_frame(event, position("AAPL").data)]
+    )  # type: ignore[arg-type]
     batch = trusted_server_message_decoder.decode(frame)
     assert isinstance(batch, Batch)
 
     assert state.apply_batch(batch) is BatchOutcome.MISSING_BASE
     assert state.seq == 0
-    assert not state.fills
+    assert "AAPL" not in state.positions
 
 
 def test_a_recovery_that_overlaps_batches_in_flight_goes_in_full() -> None:

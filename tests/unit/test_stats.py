@@ -33,6 +33,20 @@ def test_single_value_is_every_percentile() -> None:
     assert [histogram.percentile(f) for f in (0.0, 0.5, 0.99, 1.0)] == [0.012] * 4
 
 
+@given(st.lists(st.tuples(st.floats(0, 10), st.integers(1, 5)), max_size=20))
+@PROPERTY
+def test_recording_a_value_n_times_at_once_is_recording_it_n_times(observations: list) -> None:
+    at_once, one_by_one = LatencyHistogram(), LatencyHistogram()
+    for seconds, times in observations:
+        at_once.record(seconds, times)
+        for _ in range(times):
+            one_by_one.record(seconds)
+
+    assert at_once.summary_ms() == one_by_one.summary_ms()
+    assert at_once.count == one_by_one.count
+    assert at_once.sum == pytest.approx(one_by_one.sum)
+
+
 def test_percentiles_are_within_four_percent_above_the_true_value() -> None:
     histogram = LatencyHistogram()
     for ms in range(1, 101):

@@ -13,7 +13,10 @@ snapshot is sent once the socket drains (or the connection is closed with
 
 An idle connection holds as little as it can (S3: ten thousand of them): the
 sender task exists only while there is something to send; the first frame
-pushed starts it and an empty outbox ends it.
+pushed starts it and an empty outbox ends it. Most frames never need it: when
+nothing is queued and the kernel took every byte written before, a frame is
+written at once through the websockets protocol (S2: a task and a loop pass
+per frame were a good part of the event loop's time).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 from msgspec import UNSET
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from alphaflow_live.codes import CLOSE_SLOW_CONSUMER
 from alphaflow_live.protocol import (
@@ -228,9 +232,35 @@ class PortfolioSession:
     def _push_frame(self, frame: bytes) -> None:
         if self._subscription.resyncing:
             return
+        if self._sender is None and self._write_at_once(frame):
+            return
         if not self._outbox.push(frame):
             self._begin_resync()
         self._start_sending()
+
+    def _write_at_once(self, frame: bytes) -> bool:
+        """Write the frame now when the socket takes it without waiting; False leaves it to the sender.
+
+        This is what the sender task's first step would do, less the task, its loop pass and
+        ``send``'s await machinery. A transport still holding bytes (a client that may be
+        falling behind: the outbox bound and the resync must see the frames) and a replay
+        (the sender task paces it) keep to the task.
+        """
+        ws = self.ws
+        if (
+            self._socket_closed
+            or self._outbox
+            or self._subscription.replaying
+            or ws.protocol.state is not State.OPEN
+            or ws.transport.get_write_buffer_size()
+        ):
+            return False
+        ws.protocol.send_text(frame)
+        for data in ws.protocol.data_to_send():
+            ws.transport.write(data)
+        self._stats.bytes_out += len(frame)
+        self.last_sent_at = self._loop.time()
+        return True
 
     def _start_sending(self) -> None:
         if self._sender is None and not self._socket_closed:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from websockets.exceptions import ConnectionClosedOK
+from websockets.protocol import State
 
 from alphaflow_server.bus import EventBus, JournalOptions
 from alphaflow_server.config import ServerConfig
@@ -18,13 +19,42 @@ from .factories import position
 USER = "alice"
 
 
+class FakeProtocol:
+    """The sans-I/O protocol's part the session writes through: frames written at once."""
+
+    state = State.OPEN
+
+    def __init__(self, socket: FakeSocket) -> None:
+        self._socket = socket
+
+    def send_text(self, frame: bytes) -> None:
+        self._socket.record(frame)
+
+    def data_to_send(self) -> list[bytes]:
+        return []
+
+
+class FakeTransport:
+    """A transport whose kernel buffer always took everything: frames may be written at once."""
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
 class FakeSocket:
-    """What the session uses of a ServerConnection: recv from a queue, send into a list."""
+    """What the session uses of a ServerConnection: recv from a queue; what it sends (through
+    ``send``, or written at once through ``protocol``) into a list."""
 
     def __init__(self) -> None:
         self.inbound: asyncio.Queue[str | None] = asyncio.Queue()
         self.sent: list[dict[str, Any]] = []
         self.delivered = asyncio.Event()
+        self.protocol = FakeProtocol(self)
+        self.transport = FakeTransport()
+
+    def record(self, frame: bytes) -> None:
+        self.sent.append(json.loads(frame))
+        self.delivered.set()
 
     async def recv(self) -> str:
         frame = await self.inbound.get()
@@ -34,8 +64,7 @@ class FakeSocket:
 
     async def send(self, frame: bytes, *, text: bool) -> None:
         await asyncio.sleep(0)  # a send that yields, as a socket's does
-        self.sent.append(json.loads(frame))
-        self.delivered.set()
+        self.record(frame)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.inbound.put(None)

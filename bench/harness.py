@@ -32,6 +32,8 @@ from alphaflow_server.auth import TokenStore, save_users_file
 BENCH_DIR = Path(__file__).resolve().parent
 LOAD_SCRIPT = BENCH_DIR / "load.py"
 LISTENING = re.compile(r"listening on ws://(?P<host>[^:\s]+):(?P<port>\d+)")
+# A directory: scenarios that support it record the server with py-spy there (collapsed stacks).
+PROFILE_ENV = "ALPHAFLOW_BENCH_PROFILE"
 MiB = 1024 * 1024
 # Loopback only, whatever HTTP_PROXY says.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -219,6 +221,23 @@ class Server:
 
     def rss(self) -> int:
         return rss_bytes(self.pid)
+
+    def profile(self, seconds: float) -> subprocess.Popen[bytes] | None:
+        """When ``ALPHAFLOW_BENCH_PROFILE`` names a directory, start ``py-spy record`` of this
+        server for ``seconds`` (collapsed stacks, one file per run; py-spy is not a dependency:
+        install it into the venv to use this). Wait on the returned process, if any."""
+        directory = os.environ.get(PROFILE_ENV)
+        if not directory:
+            return None
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+        if spy is None:
+            raise BenchError(f"{PROFILE_ENV} is set but py-spy is not installed (pip install py-spy)")
+        out = Path(directory) / f"{self.name}-{time.strftime('%H%M%S')}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # --nonblocking: sample without pausing the server, so the figures measured stay its own.
+        command = [spy, "record", "--pid", str(self.pid), "--duration", str(max(1, round(seconds)))]
+        command += ["--rate", "100", "--nonblocking", "--format", "raw", "--output", str(out)]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

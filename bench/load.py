@@ -149,6 +149,7 @@ async def clients(spec: dict[str, Any]) -> None:
     read_delay = float(spec.get("read_delay_s", 0.0))
     rcvbuf = spec.get("rcvbuf")
     compression = spec.get("compression", True)
+    deltas = bool(spec.get("deltas", False))
     hold_s = float(spec.get("hold_s", 120.0))
     ping_interval = spec.get("ping_interval")
     stats = ClientStats()
@@ -214,7 +215,8 @@ async def clients(spec: dict[str, Any]) -> None:
                     **({"sock": sock} if sock is not None else {}),
                 )
                 if subscribe:
-                    await ws.send(json.dumps({"type": "subscribe", "id": 1}))
+                    # Field deltas when the spec asks (docs/protocol.md): the frames carry what changed.
+                    await ws.send(json.dumps({"type": "subscribe", "id": 1, "deltas": deltas}))
                     await read_until(ws, until, 30)
                 handshakes.append(time.perf_counter() - started)
                 connections.append(ws)

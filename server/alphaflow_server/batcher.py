@@ -7,7 +7,12 @@ the subscribed channels, coalesced. When to flush:
 * leading edge: an event that arrives when nothing was sent for a whole window
   goes out at once, so an isolated fill reaches the client in milliseconds;
 * otherwise the batch waits until a window has passed since the last flush, so a
-  burst of price ticks becomes one frame per window;
+  burst of price ticks becomes one frame per window. "Since the last flush"
+  counts from when it was due, not from when a busy loop got to it, and a
+  batch may go a tenth of a window early (``EARLY``): re-marks come once a
+  window, on the user's phase, and with a window counted from each late flush
+  they arrived just before it was up and waited nearly all of it, a lag that
+  grew by every flush's lateness (S2's p99);
 * with ``leading_edge=False`` every batch waits a full window from its first
   event (the behaviour of a plain periodic batcher);
 * a window of 0 sends every event at once, in a frame of its own (no batching
@@ -19,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from alphaflow_live.protocol import (
     AccountEvent,
@@ -28,6 +34,9 @@ from alphaflow_live.protocol import (
     PositionClosedEvent,
     PositionEvent,
 )
+
+# How early in its window a batch may go (a fraction of the window); see the module's docstring.
+EARLY: Final = 0.1
 
 
 def coalesce(events: Sequence[Event]) -> list[Event]:
@@ -160,7 +169,7 @@ class Batcher:
         if self.window_s == 0:
             return first
         if self.leading_edge:
-            return max(first, self._last_flush_at + self.window_s)
+            return max(first, self._last_flush_at + self.window_s * (1 - EARLY))
         return first + self.window_s
 
     def take(self, now: float, *, force: bool = False) -> PendingBatch | None:
@@ -172,6 +181,8 @@ class Batcher:
             return None
         if not force and now < deadline:
             return None
+        # The window that follows counts from when this batch was due, however late it goes.
+        due = min(now, deadline)
         if self.window_s == 0 and not force and len(self._pending) > 1:
             # One frame per event; the next call takes the next one (``force`` takes them all).
             first, *rest = self._pending
@@ -183,11 +194,11 @@ class Batcher:
             self._pending = rest
             if raws is not None:
                 del raws[0]
-            self._last_flush_at = now
+            self._last_flush_at = due
             return batch
-        return self._emit(self._pending, now)
+        return self._emit(self._pending, due)
 
-    def _emit(self, pending: list[Event], now: float) -> PendingBatch:
+    def _emit(self, pending: list[Event], flushed_at: float) -> PendingBatch:
         kept = survivors(pending)
         raws = self._pending_encoded
         batch = PendingBatch(
@@ -202,5 +213,5 @@ class Batcher:
         self._pending = []
         self._pending_encoded = []
         self._first_pending_at = None
-        self._last_flush_at = now
+        self._last_flush_at = flushed_at
         return batch

@@ -495,6 +495,10 @@ class StatsReport(Struct, kw_only=True):
     # 1 − frames ÷ events delivered: the share of events that did not need a frame of their own.
     batch_efficiency: float | None
     slow_consumer_resyncs: int
+    # Users re-marked after price ticks (one turn each), and the turns a loop behind shed: a turn
+    # taken half an interval or more late counts the next from then, not from when it was due.
+    remark_turns: int = 0
+    remark_turns_shed: int = 0
     latency_ms: LatencySummary
     disconnects_by_code: dict[str, int]
     # In a cluster: the node that answered, and every live node's own report (the fields above

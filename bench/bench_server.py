@@ -57,6 +57,8 @@ SEED_FLAGS = ["--batch-window-ms", "1000", "--no-leading-edge"]
 SEED = "seed: 1000 ms window, no leading edge"
 # The server's default --batch-window-ms, and so its mark interval: S2 runs with it.
 DEFAULT_WINDOW_MS = ServerConfig().batch_window_ms
+# S2: when the start of the ticks (every holder due at once) is over.
+WARM_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,11 @@ def fan_out_run(p: Params, work: Path, flags: list[str], name: str) -> dict[str,
                 load.mark()
             time.sleep(0.1)
             spy = server.profile(p.s2_seconds)
+            # The first tick makes every holder due at once; what is shed after that start is the
+            # steady state's (the stats again a few seconds in, while the ticks run).
+            warm: list[dict[str, Any]] = []
+            warmed = threading.Timer(WARM_S, lambda: warm.append(server.stats()))
+            warmed.start()
             [sent] = run_loads(
                 [
                     (
@@ -285,6 +292,7 @@ def fan_out_run(p: Params, work: Path, flags: list[str], name: str) -> dict[str,
             )
             time.sleep(1.0)  # let the last window flush
             after = server.stats()
+            warmed.join()
             span_server = time.monotonic() - started
             if spy is not None:
                 spy.wait(timeout=60)
@@ -321,6 +329,12 @@ def fan_out_run(p: Params, work: Path, flags: list[str], name: str) -> dict[str,
         "acked_s": sent["acked_s"],
         "frames_per_client_s": frames_per_client_s,
         "remarks_per_client_s": remarks_per_client_s,
+        "remark_turns": after.get("remark_turns", 0) - before.get("remark_turns", 0),
+        "remark_turns_shed": after.get("remark_turns_shed", 0) - before.get("remark_turns_shed", 0),
+        "remark_turns_steady": after.get("remark_turns", 0) - warm[0].get("remark_turns", 0) if warm else 0,
+        "remark_turns_shed_steady": (
+            after.get("remark_turns_shed", 0) - warm[0].get("remark_turns_shed", 0) if warm else 0
+        ),
         # The server's own histogram (since it started; the ticks are nearly all of it): how long
         # events waited in the batchers, from the re-mark that made them to their frame's write.
         "server_hold_p50": after["latency_ms"]["p50"],
@@ -383,6 +397,22 @@ def s2_tick_fan_out(p: Params, work: Path) -> list[dict[str, Any]]:
             "re-marks/s",
             f"asked: 1000 ÷ {DEFAULT_WINDOW_MS} ms window",
             asked,
+        ),
+        row(
+            "S2",
+            "re-mark turns shed (taken half a window or more late; the server's count)",
+            ours["remark_turns_shed"],
+            "turns",
+            "re-mark turns taken",
+            ours["remark_turns"],
+        ),
+        row(
+            "S2",
+            f"  of those, shed after the first {WARM_S:g} s of ticks (the steady state)",
+            ours["remark_turns_shed_steady"],
+            "turns",
+            "re-mark turns taken then",
+            ours["remark_turns_steady"],
         ),
         row(
             "S2",

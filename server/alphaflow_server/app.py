@@ -452,6 +452,7 @@ class StreamServer:
             by_stream[admission.stream] += 1
             if admission.stream == "portfolio":
                 per_user[admission.principal.name] += 1
+        schedule = (self.ledger if self.cluster is None else self.cluster.ledger).schedule
         return self.stats.report(
             now=time.monotonic(),
             health=self.health,
@@ -462,6 +463,7 @@ class StreamServer:
                 sum(len(stream.journal) for stream in self.bus),
                 sum(stream.journal.bytes for stream in self.bus),
             ),
+            remark_turns=(schedule.turns_taken, schedule.turns_shed),
         )
 
     # ------------------------------------------------------------ connections

@@ -31,6 +31,10 @@ class RemarkSchedule:
         self._heap: list[tuple[float, str]] = []
         self._queued: set[str] = set()
         self._phases: dict[str, float] = {}
+        # Turns taken, and of those the ones so late (half an interval or more) that the next
+        # counts from now: a turn shed (admin stats: remark_turns, remark_turns_shed).
+        self.turns_taken = 0
+        self.turns_shed = 0
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -78,8 +82,13 @@ class RemarkSchedule:
             # A turn a little late (a busy loop) counts as taken when it was due, so the user keeps
             # its phase; one late by half an interval or more counts from now, so that a loop that
             # falls behind sheds turns instead of running them back to back.
-            last[user_id] = at if now - at < interval / 2 else now
+            if now - at < interval / 2:
+                last[user_id] = at
+            else:
+                last[user_id] = now
+                self.turns_shed += 1
             due.append(user_id)
+        self.turns_taken += len(due)
         return due
 
     def take_all(self, now: float) -> list[str]:
@@ -88,4 +97,5 @@ class RemarkSchedule:
         self._queued.clear()
         for user_id in users:
             self._last[user_id] = now
+        self.turns_taken += len(users)
         return users

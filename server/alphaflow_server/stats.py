@@ -115,6 +115,7 @@ class ServerStats:
         connections_by_stream: dict[str, int],
         connections_per_user: dict[str, int],
         replay: tuple[int, int] = (0, 0),
+        remark_turns: tuple[int, int] = (0, 0),
     ) -> StatsReport:
         return StatsReport(
             health=health.status,
@@ -135,6 +136,8 @@ class ServerStats:
             bytes_out=self.bytes_out,
             batch_efficiency=self.batch_efficiency(),
             slow_consumer_resyncs=self.slow_consumer_resyncs,
+            remark_turns=remark_turns[0],
+            remark_turns_shed=remark_turns[1],
             latency_ms=self.latency.summary_ms(),
             disconnects_by_code={str(code): n for code, n in sorted(self.disconnects_by_code.items())},
         )
@@ -197,6 +200,12 @@ class StatsCollector:
             ("alphaflow_events_in", report.events_in, "Events accepted from ingest and sources"),
             ("alphaflow_events_delivered", report.events_delivered, "Events handed to batchers"),
             ("alphaflow_batches_out", report.batches_out, "Batch frames sent"),
+            ("alphaflow_remark_turns", report.remark_turns, "Users re-marked after price ticks"),
+            (
+                "alphaflow_remark_turns_shed",
+                report.remark_turns_shed,
+                "Re-mark turns shed: taken half an interval or more late",
+            ),
             ("alphaflow_snapshots_out", report.snapshots_out, "Snapshot frames sent"),
             (
                 "alphaflow_bytes_out",

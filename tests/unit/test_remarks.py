@@ -154,3 +154,19 @@ def test_turns_are_at_least_half_an_interval_apart_and_none_waits_longer_than_tw
             # Due no later than an interval after it went stale or was last sent, whichever is later.
             bound = max(since, last_turn.get(user, -1e9) + INTERVAL)
             assert due is not None and due <= bound + INTERVAL + 1e-9, f"{user} waits past {bound}"
+
+
+def test_turns_taken_and_shed_are_counted() -> None:
+    schedule = RemarkSchedule(INTERVAL)
+    schedule.stale(["a", "b"], 0.0)
+    assert schedule.take_due(0.0) == ["a", "b"]  # on time (at once after a quiet interval)
+    schedule.stale(["a"], 0.1)
+    due = schedule.next_due()
+    assert due is not None
+
+    assert schedule.take_due(due + INTERVAL / 2) == ["a"]  # half an interval late: its next counts from now
+
+    assert (schedule.turns_taken, schedule.turns_shed) == (3, 1)
+    schedule.stale(["b"], 10.0)
+    assert schedule.take_all(10.0) == ["b"]
+    assert (schedule.turns_taken, schedule.turns_shed) == (4, 1)

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 
 from alphaflow_live.codes import CLOSE_STREAMING_DISABLED
@@ -50,6 +49,7 @@ from .admission import (
 from .auth import UsersFileWatcher, UsersSource
 from .bus import EventBus, JournalOptions
 from .config import ClusterFlags, ServerConfig
+from .deflate import StreamingDeflateFactory
 from .engine import PortfolioEngine
 from .handshakes import gated_connections, pending_bound
 from .http_api import (
@@ -76,30 +76,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("alphaflow.server")
 
 
-def deflate() -> ServerPerMessageDeflateFactory:
-    """permessage-deflate at level 1, without context takeover either way: no zlib state between messages.
+def deflate() -> StreamingDeflateFactory:
+    """permessage-deflate at level 1, with the compressor kept only while a connection streams.
 
     Compressing is a fifth of the server's time at a thousand busy clients at
     the default level (6); level 1 takes about 40% less for frames about a
-    third larger, which are still about a tenth of their JSON (measured on
-    batches of positions).
+    third larger (measured on batches of positions).
 
-    A compressor kept between messages (context takeover) was most of an idle
-    connection's memory: about 38 KiB at a window of 2**12 and memLevel 5, and
-    the decompressor 7 KiB more plus its window (S3: 63.9 KiB a connection).
-    Without it each message gets a fresh compressor, freed once it is
-    compressed, so only the message being sent holds one: ten thousand idle
-    connections hold none. A batch is several KiB of JSON that repeats itself,
-    so it compresses nearly as well on its own; a window of 2**13 and memLevel
-    6 cover a whole batch (S4: one trading hour 4.6% larger than with context
-    takeover at 2**12/5). What loses is a stream of tiny frames: with
-    ``--batch-window-ms 0`` (a frame per event) each event compresses alone
-    (S2's unbatched baseline: 2.5x the deflated bytes). Clients reset their
-    compressor too: what they send is an occasional subscribe or ping, which
-    no history makes smaller.
+    A compressor kept between messages is about 70 KiB at a window of 2**13
+    and memLevel 6: kept by every connection, it was most of an idle one's
+    memory (S3: 63.9 KiB a connection with websockets' defaults). So context
+    takeover is negotiated (the client keeps its window) but used only while
+    the connection streams: ``StreamingDeflate`` compresses each message alone,
+    with a compressor freed once it is out, until the session sends batches,
+    and frees the kept one when the connection goes quiet. Ten thousand idle
+    connections hold none (22.6 KiB each), and a streaming one's batches refer
+    back to the previous ones (a captured S4 stream: 17.7% of its JSON against
+    20.7% compressed alone). Clients reset their compressor: what they send is
+    an occasional subscribe or ping, which no history makes smaller.
     """
-    return ServerPerMessageDeflateFactory(
-        server_no_context_takeover=True,
+    return StreamingDeflateFactory(
+        server_no_context_takeover=False,
         client_no_context_takeover=True,
         server_max_window_bits=13,
         client_max_window_bits=12,

@@ -54,12 +54,16 @@ from alphaflow_live.protocol import (
 from .batcher import PendingBatch
 from .bus import EventBus, UserStream
 from .config import ServerConfig
+from .deflate import streaming_deflate
 from .inbound import Inbound, internal_error, text_of
 from .limits import Outbox
 from .stats import ServerStats
 from .subscription import Outgoing, Subscription
 
 log = logging.getLogger("alphaflow.server.session")
+
+# A connection that sent nothing for this long frees its kept compressor (about 70 KiB).
+QUIET_S = 2.0
 
 
 class PortfolioSession:
@@ -93,6 +97,8 @@ class PortfolioSession:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self.last_sent_at = self._loop.time()
+        # Keeps its compressor across messages while batches flow (deflate.StreamingDeflate).
+        self._deflate = streaming_deflate(ws.protocol.extensions)
 
     @property
     def close_code(self) -> int | None:
@@ -210,6 +216,8 @@ class PortfolioSession:
     def _push_batch(self, batch: PendingBatch) -> None:
         self._stats.events_delivered += batch.events_in
         self._stats.batches_out += 1
+        if self._deflate is not None:
+            self._deflate.keep_context(True)
         events = self._subscription.batch_events(batch)
         if events is not None:
             epoch, time_now = self._stream.epoch, self._server_time()
@@ -335,7 +343,10 @@ class PortfolioSession:
             self._schedule_flush()
 
     def tick(self, now: float) -> None:
-        """Called about once a second: a heartbeat when nothing was sent for heartbeat_s."""
+        """Called about once a second: a heartbeat when nothing was sent for heartbeat_s, and the
+        compressor freed once nothing was sent for ``QUIET_S``."""
+        if self._deflate is not None and now - self.last_sent_at >= QUIET_S:
+            self._deflate.keep_context(False)
         if self._subscription.resyncing or self._outbox or now - self.last_sent_at < self._config.heartbeat_s:
             return
         self.last_sent_at = now  # one heartbeat per interval, even before the socket takes it

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from msgspec import UNSET
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 from alphaflow_live.protocol import (
     Batch,
@@ -307,20 +308,45 @@ async def test_permessage_deflate_is_offered_and_used(shared_server, tokens: Tok
     await client.close()
 
 
-async def test_permessage_deflate_keeps_no_context_between_messages_either_way(
+async def test_permessage_deflate_keeps_the_servers_context_while_streaming_and_every_frame_reads(
+    start_server, tokens: Tokens
+) -> None:
+    # The server negotiates context takeover for itself (kept only while batches flow:
+    # deflate.StreamingDeflate) and none for the client; websockets' client decompresses
+    # every frame across the server's kept and freed compressors, or the stream breaks.
+    server = start_server("--batch-window-ms", "5")
+    client = await StreamClient.connect(server.ws_base, tokens.alice)
+    params = {p.strip() for p in client.ws.response.headers.get("Sec-WebSocket-Extensions", "").split(";")}
+    await client.subscribe()
+    publisher = await Publisher.connect(server.ws_base, tokens.service)
+    seqs: list[int] = []
+    for n in range(40):
+        seqs += await publisher.publish(
+            "alice", [ev.position(f"S{n % 7}", str(n + 1)), ev.account(f"{n}.00")]
+        )
+    await client.pump_until_seq(seqs[-1])
+
+    assert "client_no_context_takeover" in params and "server_no_context_takeover" not in params, params
+    assert client.state.positions.keys() == {f"S{n}" for n in range(7)}
+    assert client.state.positions["S4"].qty == ev.D("40")
+    await client.close()
+
+
+async def test_a_client_that_asks_for_no_server_context_takeover_gets_it(
     shared_server, tokens: Tokens
 ) -> None:
-    # An idle connection then holds no zlib state (S3): each message is compressed on its own.
-    client = await StreamClient.connect(shared_server.ws_base, tokens.bob)
-
+    factory = ClientPerMessageDeflateFactory(server_no_context_takeover=True, client_no_context_takeover=True)
+    client = await StreamClient.connect(
+        shared_server.ws_base, tokens.bob, extensions=[factory], compression=None
+    )
     params = {p.strip() for p in client.ws.response.headers.get("Sec-WebSocket-Extensions", "").split(";")}
     await client.subscribe()
     pongs = []
-    for i in (1, 2):  # each compressed with a fresh compressor, decompressed with a fresh decompressor
+    for i in (1, 2):
         await send(client.ws, {"type": "ping", "id": i})
         pongs.append(await recv_until(client.ws, lambda m: isinstance(m, Pong)))
 
-    assert {"server_no_context_takeover", "client_no_context_takeover"} <= params, f"negotiated {params}"
+    assert "server_no_context_takeover" in params, params
     assert [p.id for p in pongs] == [1, 2]
     await client.close()
 

@@ -26,6 +26,7 @@ class FakeProtocol:
 
     def __init__(self, socket: FakeSocket) -> None:
         self._socket = socket
+        self.extensions: list[object] = []  # no permessage-deflate negotiated
 
     def send_text(self, frame: bytes) -> None:
         self._socket.record(frame)

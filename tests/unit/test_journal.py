@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+from dataclasses import dataclass, field
+
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alphaflow_live.protocol import Event
+from alphaflow_live.protocol import Event, encode
 from alphaflow_server.journal import Journal
 
 from .factories import event_sequences, events, fill, position, stamp
@@ -278,3 +281,187 @@ def test_the_byte_count_follows_every_append_trim_and_truncation(sizes: list[int
     journal.truncate_after(max(journal.first_replayable_seq, journal.seq - cut))
     kept = journal.events_after(journal.first_replayable_seq)
     assert journal.bytes == sum(len(msgspec.json.encode(e)) for e in kept)
+
+
+# ---------------------------------------------------------------------- blocks
+
+
+def test_a_rollback_across_a_block_boundary_reopens_the_sealed_block() -> None:
+    journal = Journal("e-1", block_events=3)
+    filled(journal, 4)
+
+    journal.truncate_after(2)
+    filled(journal, 2)
+
+    assert (len(journal), journal.seq) == (4, 4)
+    assert seqs(journal.events_after(0)) == [1, 2, 3, 4]
+    assert [e.data.id for e in journal.events_after(0)] == ["f-0", "f-1", "f-0", "f-1"]  # type: ignore[union-attr]
+
+
+def test_a_rollback_of_everything_leaves_an_empty_journal_that_continues() -> None:
+    journal = Journal("e-1", retain_events=2, retain_seconds=0.0, max_events=2, block_events=3)
+    filled(journal, 5)
+
+    journal.truncate_after(1)
+
+    assert (len(journal), journal.bytes, journal.first_replayable_seq) == (0, 0, 1)
+    assert seqs(filled(journal, 4)) == [2, 3, 4, 5]
+    assert seqs(journal.events_after(3)) == [4, 5]
+
+
+def test_block_events_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="block_events must be at least 1"):
+        Journal("e-1", block_events=0)
+
+
+def test_kept_events_are_out_of_the_garbage_collectors_sight() -> None:
+    journal = Journal("e-1", block_events=64)
+    journal.append([fill(f"f-{n}") for n in range(5_000)], now=0.0)
+    gc.collect()  # a collection untracks the tuples of sealed blocks, which hold only bytes
+
+    # Every object the collector would walk from the journal, and the pointers it would visit.
+    seen: set[int] = set()
+    stack: list[object] = [journal]
+    visits = 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or not gc.is_tracked(obj) or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        referents = gc.get_referents(obj)
+        visits += len(referents)
+        stack.extend(referents)
+
+    blocks = 5_000 // 64
+    assert len(journal) == 5_000
+    assert visits < 2 * blocks, f"expected about one pointer per block ({blocks}) to visit, got {visits}"
+
+
+# ------------------------------------------------------- against a reference model
+
+
+@dataclass
+class Reference:
+    """The journal as a plain list of (time appended, encoding), the way it was first written."""
+
+    seq: int
+    retain_events: int
+    retain_seconds: float
+    max_events: int
+    entries: list[tuple[float, bytes]] = field(default_factory=list)
+    first_seq: int = 0
+
+    def __post_init__(self) -> None:
+        self.first_seq = self.seq + 1
+
+    @property
+    def first_replayable_seq(self) -> int:
+        return self.first_seq - 1 if self.entries else self.seq
+
+    def keep(self, encoded: list[bytes], now: float) -> None:
+        if not self.entries:
+            self.first_seq = self.seq + 1
+        self.entries.extend((now, raw) for raw in encoded)
+        self.seq += len(encoded)
+        self.trim(now)
+
+    def truncate_after(self, seq: int) -> None:
+        while self.entries and self.first_seq + len(self.entries) - 1 > seq:
+            self.entries.pop()
+        self.seq = seq
+
+    def trim(self, now: float) -> None:
+        horizon = now - self.retain_seconds
+        while self.entries and (
+            len(self.entries) > self.max_events
+            or (len(self.entries) > self.retain_events and self.entries[0][0] <= horizon)
+        ):
+            self.entries.pop(0)
+            self.first_seq += 1
+
+    def events_after(self, seq: int, until: int | None, max_bytes: int | None) -> list[bytes]:
+        kept = [raw for n, (_, raw) in enumerate(self.entries, self.first_seq) if n > seq]
+        kept = [raw for n, raw in enumerate(kept, seq + 1) if until is None or n <= until]
+        if max_bytes is None or not kept:
+            return kept
+        chunk, size = [kept[0]], len(kept[0])
+        for raw in kept[1:]:
+            if size + len(raw) > max_bytes:
+                break
+            chunk.append(raw)
+            size += len(raw)
+        return chunk
+
+
+Operation = tuple[str, float, int, list[Event]]
+
+operations = st.tuples(
+    st.sampled_from(["append", "append_stamped", "truncate_after", "trim"]),
+    st.sampled_from([0.0, 0.4, 1.0, 2.5, -1.0]),  # the clock's step; it may go back
+    st.integers(min_value=0, max_value=5),  # how many events a truncation drops
+    st.lists(events, max_size=7),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=50),
+    st.integers(min_value=0, max_value=9),
+    st.sampled_from([0.0, 1.0, 3.0]),
+    st.integers(min_value=0, max_value=8),
+    st.integers(min_value=1, max_value=4),
+    st.lists(operations, max_size=25),
+)
+def test_the_journal_behaves_like_a_list_of_its_events(
+    start: int,
+    retain_events: int,
+    retain_seconds: float,
+    cap_extra: int,
+    block_events: int,
+    ops: list[Operation],
+) -> None:
+    max_events = max(retain_events, 1) + cap_extra
+    journal = Journal(
+        "e-1",
+        seq=start,
+        retain_events=retain_events,
+        retain_seconds=retain_seconds,
+        max_events=max_events,
+        block_events=block_events,
+    )
+    model = Reference(start, retain_events, retain_seconds, max_events)
+    now = 0.0
+    for name, step, cut, batch in ops:
+        now += step
+        if name == "append":
+            stamped, encoded = journal.append_encoded(batch, now)
+            assert encoded == [encode(event) for event in stamped]
+            assert all(type(raw) is bytes for raw in encoded)
+            model.keep(encoded, now)
+        elif name == "append_stamped":
+            encoded = [encode(event) for event in stamp(batch, start=journal.seq)]
+            journal.append_stamped(journal.seq + 1, encoded, now)
+            model.keep(encoded, now)
+        elif name == "truncate_after":
+            journal.truncate_after(journal.seq - cut)
+            model.truncate_after(model.seq - cut)
+        else:
+            journal.trim(now)
+            model.trim(now)
+
+        assert (journal.seq, len(journal), journal.first_replayable_seq) == (
+            model.seq,
+            len(model.entries),
+            model.first_replayable_seq,
+        )
+        assert journal.bytes == sum(len(raw) for _, raw in model.entries)
+        last = journal.seq
+        for s in range(journal.first_replayable_seq, last + 1):
+            for until in (None, s, s + 1, s + 3):
+                for max_bytes in (None, 0, 1, 400, 900):
+                    got = [encode(e) for e in journal.events_after(s, until=until, max_bytes=max_bytes)]
+                    expected = model.events_after(s, until, max_bytes)
+                    assert got == expected, (
+                        f"events_after({s}, until={until}, max_bytes={max_bytes}): "
+                        f"expected {len(expected)} events, got {len(got)}"
+                    )

@@ -5,7 +5,8 @@ keeps one per connection and feeds it snapshots and batches. Applying a batch
 checks the epoch and the contiguity of sequence numbers, so a client either
 holds every state change or knows it must resubscribe with ``resume``. Field
 deltas (``deltas``) are applied to the value held: a delta with nothing to
-apply to leaves the whole batch unapplied, and the client resubscribes.
+apply to stops the batch there, the seq stays where it was, and the client
+resubscribes with ``resume``.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class PortfolioState:
         elif isinstance(event, FillEvent):
             self._add_fill(event.data)
 
-    def apply_events(self, events: Iterable[Event]) -> None:  # full events: see ``whole``
+    def apply_events(self, events: Iterable[Event]) -> None:  # full ones: see ``apply_batch_events``
         for event in events:
             self.apply_event(event)
 

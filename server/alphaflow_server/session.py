@@ -266,9 +266,13 @@ class PortfolioSession:
         ws.protocol.send_text(frame)
         for data in ws.protocol.data_to_send():
             ws.transport.write(data)
+        self._sent(frame)
+        return True
+
+    def _sent(self, frame: bytes) -> None:
+        """The socket took ``frame`` (written at once, or by the sender task)."""
         self._stats.bytes_out += len(frame)
         self.last_sent_at = self._loop.time()
-        return True
 
     def _start_sending(self) -> None:
         if self._sender is None and not self._socket_closed:
@@ -328,8 +332,7 @@ class PortfolioSession:
         try:
             while (frame := self._next_frame()) is not None:
                 await ws.send(frame, text=True)
-                self._stats.bytes_out += len(frame)
-                self.last_sent_at = self._loop.time()
+                self._sent(frame)
         except ConnectionClosed:
             self._socket_closed = True
         finally:

@@ -12,10 +12,9 @@ import msgspec
 import pytest
 
 import alphaflow_live as afl
-from alphaflow_live.protocol import Ack, Subscribe, encode
-from alphaflow_live.state import PortfolioState
+from alphaflow_live.protocol import Ack, Subscribe
 from tests.support import events as ev
-from tests.support.client import Publisher, StreamClient, rest_snapshot, send, state_of
+from tests.support.client import Publisher, StreamClient, exact_portfolio, rest_snapshot, send, state_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,18 +22,9 @@ FAST = {"backoff_base_s": 0.05, "backoff_cap_s": 0.5, "poll_interval_s": 0.2, "c
 SYMBOLS = ["AAPL", "MSFT", "TSLA", "NVDA", "BRK.B"]
 
 
-def exactly(state: PortfolioState) -> tuple[bytes, bytes, bytes]:
-    """The portfolio as the wire spells it: 1.0 and 1.00 differ here."""
-    return (
-        encode(sorted(state.positions.values(), key=lambda p: p.symbol)),
-        encode(sorted(state.orders.values(), key=lambda o: o.id)),
-        encode(state.account),
-    )
-
-
 def _held(live: afl.PortfolioStream) -> tuple[int | None, tuple[bytes, bytes, bytes]]:
     with live.reading() as state:
-        return state.seq, exactly(state)
+        return state.seq, exact_portfolio(state)
 
 
 async def test_a_client_with_deltas_holds_what_one_without_holds_in_fewer_bytes(start_server, tokens) -> None:
@@ -60,7 +50,7 @@ async def test_a_client_with_deltas_holds_what_one_without_holds_in_fewer_bytes(
         async with asyncio.timeout(30):
             while True:
                 rest = await rest_snapshot(server.http_base, tokens.alice)
-                expected = (rest.seq, exactly(state_of(rest)))
+                expected = (rest.seq, exact_portfolio(state_of(rest)))
                 held = [_held(live) for live in (with_deltas, full)]
                 if held == [expected, expected]:
                     break

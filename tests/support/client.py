@@ -231,6 +231,16 @@ def same_portfolio(a: PortfolioState, b: PortfolioState) -> bool:
     return (a.positions, a.orders, a.account) == (b.positions, b.orders, b.account)
 
 
+def exact_portfolio(state: PortfolioState) -> tuple[bytes, bytes, bytes]:
+    """Positions, orders and account as the wire spells them: 1.0 and 1.00 differ here, where
+    ``same_portfolio`` compares decimals by value."""
+    return (
+        encode(sorted(state.positions.values(), key=lambda p: p.symbol)),
+        encode(sorted(state.orders.values(), key=lambda o: o.id)),
+        encode(state.account),
+    )
+
+
 async def health(http_base: str) -> dict[str, Any]:
     """``/healthz``'s JSON body (its status line too: HTTP 503 is a valid answer when offline)."""
     status, body, _ = await asyncio.to_thread(http_get, f"{http_base}/healthz")
